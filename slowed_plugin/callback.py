@@ -1,0 +1,328 @@
+"""SLowED on any ``transformers.Trainer`` (TRL's ``SFTTrainer``, Axolotl's trainer): one callback.
+
+    trainer = SFTTrainer(model, args=args, train_dataset=ds, callbacks=[SLowEDCallback(tau=10.0, mask_ratio=0.2)])
+
+When the trainer is built (``on_init_end``) the callback attaches itself to it:
+
+- Low-Entropy Masking: the causal LM's ``forward`` is wrapped so that, in training, the loss is
+  the cross-entropy over the kept targets (:mod:`slowed_plugin.masking`); TRL's ``chunked_nll``
+  forward, which never materialises logits, is bypassed for the training loss. Evaluation goes
+  through the untouched forward, so eval loss stays the plain cross-entropy. The trainer's
+  per-step token count (``num_items_in_batch``) is replaced by the kept count of the step, which
+  depends on labels only, so gradient accumulation and multi-process token averaging stay exact.
+- Slow Tuning: projection after every epoch (or every ``project_every`` steps), after the last
+  step, and at train end (:mod:`slowed_plugin.slow_tuning`).
+- Metrics go into the trainer's own ``log`` so that every reporter (W&B, TensorBoard) gets them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import types
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .config import SLowEDConfig
+from .masking import kept_token_count, mask_low_entropy_targets, masked_causal_lm_loss
+from .slow_tuning import SlowTuner
+
+logger = logging.getLogger("slowed_plugin")
+
+REFERENCE_FILE = "slowed_reference.pt"
+# Metric names as they appear in the trainer's logs.
+METRICS = (
+    "slowed/masked_fraction",
+    "slowed/entropy_threshold",
+    "slowed/max_delta_norm",
+    "slowed/layers_projected",
+    "slowed/min_scale",
+)
+
+
+@dataclass
+class SLowEDCausalLMOutput(CausalLMOutputWithPast):
+    """The model output of a masked training step, with the fields TRL's ``chunked_nll`` metrics read."""
+
+    num_valid_tokens: torch.Tensor | None = None
+    entropy_sum: torch.Tensor | None = None
+    num_correct_tokens: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+_OUTPUT_FIELDS = {f.name for f in fields(SLowEDCausalLMOutput)}
+
+
+class SLowEDCallback(TrainerCallback):
+    """Adds SLowED to the trainer it is registered on.
+
+    Args:
+        config: a :class:`SLowEDConfig`, a mapping, or the short form ``[tau, mask_ratio]``.
+        **kwargs: alternatively, the config's keys as keywords (``tau=10.0, mask_ratio=0.2``).
+    """
+
+    def __init__(self, config: SLowEDConfig | dict | list | tuple | None = None, **kwargs: Any) -> None:
+        if config is not None and kwargs:
+            raise ValueError("Pass SLowED settings either as `config` or as keywords, not both.")
+        self.config = SLowEDConfig.from_value(config if config is not None else kwargs)
+        self.trainer: Trainer | None = None
+        self.tuner: SlowTuner | None = None
+        # counts of candidates and dropped targets, sum and count of per-scope thresholds
+        self._mask_sums = torch.zeros(4, dtype=torch.float64)
+        self._last_projection: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ attaching
+    def attach(self, trainer: Trainer) -> None:
+        """Install SLowED on ``trainer``. Idempotent; raises ``ValueError`` on a setting it cannot honour."""
+        if self.trainer is trainer:
+            return
+        if self.trainer is not None:
+            raise ValueError("This SLowEDCallback is already attached to another trainer; create one per trainer.")
+        if self.config.masking:
+            check_masking_compatible(trainer)
+        if self.config.slow_tuning:
+            self.tuner = SlowTuner(trainer.model, self.config.tau, self.config.tau_scope, self.config.reference_device)
+        if self.config.masking:
+            self._install_masked_loss(trainer)
+            self._install_step_count(trainer)
+        self._install_log(trainer)
+        self.trainer = trainer
+        logger.info(self.config.describe())
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # Built with `callbacks=[...]`: attach now, so that a bad combination fails at construction.
+        trainer = _calling_trainer(self)
+        if trainer is not None:
+            self.attach(trainer)
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.trainer is None:  # added later with `trainer.add_callback(...)`
+            trainer = _calling_trainer(self)
+            if trainer is None:
+                raise RuntimeError("SLowEDCallback could not find its trainer; call `callback.attach(trainer)`.")
+            self.attach(trainer)
+        if self.tuner is not None and self.tuner.dense and state.global_step > 0:
+            self._load_reference(args, state)
+
+    # ------------------------------------------------------------------ Slow Tuning
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        every = self.config.project_every
+        last = state.max_steps > 0 and state.global_step >= state.max_steps
+        if self.tuner is not None and (last or (every != "epoch" and state.global_step % every == 0)):
+            self._project(control)
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.tuner is not None and self.config.project_every == "epoch":
+            self._project(control)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # After `on_step_end` of the last step this finds nothing to scale; it guards a loop that ended otherwise.
+        if self.tuner is not None:
+            self.tuner.project()
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # Full fine-tuning needs its start weights to resume exactly; LoRA's start is ΔW = 0.
+        if self.tuner is not None and self.tuner.dense and _is_main_process(args):
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder):
+                torch.save(self.tuner.state_dict(), os.path.join(folder, REFERENCE_FILE))
+
+    def _load_reference(self, args: TrainingArguments, state: TrainerState) -> None:
+        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", REFERENCE_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"Resuming full fine-tuning with Slow Tuning needs the initial weights saved beside the checkpoint "
+                f"({path} is missing): this checkpoint was written without SLowED. Start a new run instead."
+            )
+        self.tuner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def _project(self, control: TrainerControl) -> None:
+        report = self.tuner.project()
+        self._last_projection = {
+            "slowed/max_delta_norm": report.max_norm,
+            "slowed/layers_projected": float(report.num_projected),
+            "slowed/min_scale": report.min_scale,
+        }
+        control.should_log = True  # the projection's metrics reach the logs at this step
+
+    # ------------------------------------------------------------------ Low-Entropy Masking
+    def _install_masked_loss(self, trainer: Trainer) -> None:
+        cfg = self.config
+        if trainer.compute_loss_func is not None:
+            # Compose with a custom loss: hand it the masked labels instead of replacing it.
+            inner = trainer.compute_loss_func
+
+            def compute_loss_func(outputs, labels, num_items_in_batch=None, **kwargs):
+                if outputs.logits is not None and trainer.model.training:
+                    masked, stats = mask_low_entropy_targets(outputs.logits, labels, cfg.mask_ratio, cfg.mask_scope)
+                    self._record(stats)
+                    labels = torch.nn.functional.pad(masked, (1, 0), value=-100)
+                return inner(outputs, labels, num_items_in_batch=num_items_in_batch, **kwargs)
+
+            trainer.compute_loss_func = compute_loss_func
+            return
+
+        model = trainer.model
+        target = model.get_base_model() if hasattr(model, "get_base_model") else model
+        previous = target.forward
+        router_coef = getattr(target.config, "router_aux_loss_coef", 0.0)
+        callback = self
+
+        def forward(self_model, *args, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+            if not self_model.training or (labels is None and shift_labels is None):
+                passed = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
+                return previous(*args, **kwargs, **{k: v for k, v in passed.items() if v is not None})
+            # No labels: the model (or TRL's chunked forward, which then falls back) returns logits.
+            outputs = previous(*args, **kwargs)
+            logits = outputs.logits
+            loss, stats = masked_causal_lm_loss(
+                logits,
+                labels,
+                cfg.mask_ratio,
+                cfg.mask_scope,
+                num_items_in_batch=num_items_in_batch,
+                position_ids=kwargs.get("position_ids"),
+                shift_labels=shift_labels,
+            )
+            if getattr(outputs, "aux_loss", None) is not None and router_coef:
+                loss = loss + router_coef * outputs.aux_loss.to(loss.device)
+            callback._record(stats)
+            # TRL's chunked_nll metrics read these fields instead of logits. They must be declared fields:
+            # accelerate's fp32 output conversion rebuilds the output from its keys.
+            with torch.no_grad():
+                targets = shift_labels if shift_labels is not None else labels[..., 1:]
+                scored = logits if shift_labels is not None else logits[:, :-1]
+                correct = ((scored.argmax(-1) == targets) & (targets != -100)).sum().float()
+            kept = {k: v for k, v in outputs.items() if k in _OUTPUT_FIELDS}
+            return SLowEDCausalLMOutput(
+                **{**kept, "loss": loss},
+                num_valid_tokens=stats.candidates,
+                entropy_sum=stats.entropy_sum,
+                num_correct_tokens=correct,
+            )
+
+        forward.__signature__ = inspect.signature(previous)
+        target.forward = types.MethodType(forward, target)
+
+    def _install_step_count(self, trainer: Trainer) -> None:
+        """Make ``num_items_in_batch`` of each optimizer step the count of *kept* targets."""
+        cfg = self.config
+        original = trainer.get_batch_samples
+
+        def get_batch_samples(epoch_iterator, num_batches, device):
+            batch_samples, num_items = original(epoch_iterator, num_batches, device)
+            if num_items is None:
+                return batch_samples, num_items
+            # Let the trainer's own counter do the cross-device reduction: hand it stand-in batches whose
+            # `shift_labels` hold exactly as many non-ignored entries as the real batches keep.
+            stand_ins = [
+                {
+                    "labels": batch["labels"],
+                    "shift_labels": torch.zeros(
+                        int(
+                            kept_token_count(
+                                batch["labels"],
+                                cfg.mask_ratio,
+                                cfg.mask_scope,
+                                batch.get("position_ids"),
+                                batch.get("shift_labels"),
+                            )
+                        ),
+                        dtype=torch.long,
+                    ),
+                }
+                for batch in batch_samples
+            ]
+            return batch_samples, trainer._get_num_items_in_batch(stand_ins, device)
+
+        trainer.get_batch_samples = get_batch_samples
+
+    def _record(self, stats) -> None:
+        if stats is None:
+            return
+        values = torch.stack([stats.candidates, stats.dropped, stats.threshold_sum, stats.threshold_count])
+        self._mask_sums += values.detach().to("cpu", torch.float64)
+
+    # ------------------------------------------------------------------ metrics
+    def _install_log(self, trainer: Trainer) -> None:
+        original = trainer.log
+
+        def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if not any(key.startswith("eval_") for key in logs):
+                logs.update(self.drain_metrics())
+            return original(logs, *args, **kwargs)
+
+        trainer.log = log
+
+    def drain_metrics(self) -> dict[str, float]:
+        """Metrics accumulated since the last call (reduced over processes), then reset."""
+        metrics: dict[str, float] = {}
+        if self.config.masking:
+            sums = self._mask_sums.clone()
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                device = _reduce_device()
+                sums = sums.to(device)
+                torch.distributed.all_reduce(sums)
+                sums = sums.cpu()
+            candidates, dropped, threshold_sum, threshold_count = sums.tolist()
+            if candidates > 0:
+                metrics["slowed/masked_fraction"] = dropped / candidates
+            if threshold_count > 0:
+                metrics["slowed/entropy_threshold"] = threshold_sum / threshold_count
+            self._mask_sums.zero_()
+        metrics.update(self._last_projection)
+        self._last_projection = {}
+        return metrics
+
+
+def check_masking_compatible(trainer: Trainer) -> None:
+    """Refuse trainer settings under which the masked loss would not be the one that trains."""
+    args = trainer.args
+    if getattr(args, "use_liger_kernel", False):
+        raise ValueError(
+            "SLowED's Low-Entropy Masking needs the model's logits, which `use_liger_kernel=True` never "
+            "materialises. Set `use_liger_kernel=False` (SLowED computes the loss itself) or `mask_ratio: 0`."
+        )
+    if getattr(args, "loss_type", None) == "dft":
+        raise ValueError(
+            "SLowED's Low-Entropy Masking is not defined for `loss_type='dft'` (DFT reweights every token). "
+            "Use `loss_type='nll'` or the default `'chunked_nll'`, or set `mask_ratio: 0`."
+        )
+    if getattr(args, "label_smoothing_factor", 0) != 0:
+        raise ValueError(
+            "SLowED's Low-Entropy Masking cannot mask a label-smoothed loss: got "
+            f"`label_smoothing_factor={args.label_smoothing_factor}`. Set it to 0 or set `mask_ratio: 0`."
+        )
+    model = trainer.model
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError("SLowED's Low-Entropy Masking supports causal language models; this model is encoder-decoder.")
+
+
+def _calling_trainer(callback: SLowEDCallback) -> Trainer | None:
+    """The Trainer whose method is calling this callback (callbacks are not handed their trainer)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, Trainer) and callback in candidate.callback_handler.callbacks:
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _is_main_process(args: TrainingArguments) -> bool:
+    return getattr(args, "process_index", 0) == 0
+
+
+def _reduce_device() -> torch.device:
+    backend = torch.distributed.get_backend()
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

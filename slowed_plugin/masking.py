@@ -1,0 +1,211 @@
+"""Low-Entropy Masking: which target tokens leave the loss, and the loss without them.
+
+Pure torch; knows nothing of trainers. Conventions are those of transformers' causal-LM loss:
+logits at position t predict ``labels[t + 1]`` (or ``shift_labels[t]`` when the caller has
+already shifted, as context/sequence parallelism does), and ``-100`` marks an ignored target.
+
+A *candidate* is a position whose target is not ignored. Within each masking scope holding n
+candidates, exactly ``floor(mask_ratio * n)`` of them, those with the lowest entropy, are
+dropped; ties go to the earlier position, so the count is exact even when entropies are equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.loss.loss_utils import ForCausalLMLoss
+
+IGNORE_INDEX = -100
+# floor(k * n) in float64 with a tolerance, so that e.g. 0.29 * 100 gives 29 rather than the
+# 28 that 28.999999999999996 would give; no real ratio is within 1e-9 of an integer below.
+_FLOOR_EPS = 1e-9
+# Rows of logits turned into entropies at a time: bounds the float32 temporary to
+# _ENTROPY_CHUNK x vocab instead of a full float32 copy of all logits.
+_ENTROPY_CHUNK = 1024
+
+
+def num_masked(num_candidates: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """``floor(mask_ratio * n)`` for an integer tensor of candidate counts ``n``."""
+    return torch.floor(num_candidates.double() * mask_ratio + _FLOOR_EPS).long()
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy of each row of ``logits`` (..., V), in float32, without gradient.
+
+    ``H = logsumexp(z) - sum_v softmax(z)_v * z_v``, which needs one exp per logit and no log.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, flat.shape[0], _ENTROPY_CHUNK):
+        z = flat[start : start + _ENTROPY_CHUNK].float()
+        lse = torch.logsumexp(z, dim=-1)
+        p = torch.exp(z - lse.unsqueeze(-1))
+        out[start : start + _ENTROPY_CHUNK] = lse - (p * z).sum(dim=-1)
+    return out.reshape(logits.shape[:-1])
+
+
+def shifted_targets(labels: torch.Tensor | None, shift_labels: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Targets aligned with the logits that predict them, and the number of logit positions to drop
+    at the end (1 for unshifted ``labels``, 0 for ``shift_labels``)."""
+    if shift_labels is not None:
+        return shift_labels, 0
+    if labels is None:
+        raise ValueError("Low-Entropy Masking needs `labels` or `shift_labels`; got neither.")
+    return labels[..., 1:], 1
+
+
+def target_segments(
+    targets: torch.Tensor, scope: str, position_ids: torch.Tensor | None = None, shifted: bool = True
+) -> torch.Tensor:
+    """Masking-scope id of every target position, shape of ``targets`` (B, T).
+
+    ``batch``: one scope. ``sequence``: one scope per row, and with packed rows (``position_ids``
+    restarting at 0) one per packed example; a target belongs to the example of its own token.
+    """
+    if scope == "batch":
+        return torch.zeros_like(targets, dtype=torch.long)
+    if scope != "sequence":
+        raise ValueError(f"`mask_scope` must be one of batch, sequence; got {scope!r}.")
+    rows, width = targets.shape
+    row_id = torch.arange(rows, device=targets.device).unsqueeze(1).expand(rows, width)
+    if position_ids is None:
+        return row_id.contiguous()
+    position_ids = position_ids.to(targets.device).expand(rows, -1)
+    starts = (position_ids == 0).long().cumsum(dim=1)
+    # Unshifted labels: target t is token t + 1, so it takes token t + 1's example.
+    example = starts[:, 1:] if shifted else starts
+    return row_id * (width + 2) + example
+
+
+def select_low_entropy(
+    entropy: torch.Tensor, candidates: torch.Tensor, mask_ratio: float, segments: torch.Tensor
+) -> torch.Tensor:
+    """Boolean tensor, True where a candidate is dropped: in each segment, the
+    ``floor(mask_ratio * n)`` candidates of lowest entropy, ties broken by position."""
+    flat_entropy = entropy.reshape(-1).float()
+    flat_candidates = candidates.reshape(-1)
+    _, flat_segments = torch.unique(segments.reshape(-1), return_inverse=True)
+    num_segments = int(flat_segments.max()) + 1 if flat_segments.numel() else 0
+    # Non-candidates sort after every candidate of their segment, so they are never selected.
+    key = torch.where(flat_candidates, flat_entropy, torch.full_like(flat_entropy, float("inf")))
+    # Stable sorts: by entropy (ties keep position order), then by segment (keeps entropy order).
+    by_entropy = torch.argsort(key, stable=True)
+    by_segment = torch.argsort(flat_segments[by_entropy], stable=True)
+    order = by_entropy[by_segment]
+    sorted_segments = flat_segments[order]
+    sizes = torch.bincount(flat_segments, minlength=num_segments)
+    starts = sizes.cumsum(0) - sizes
+    budget = num_masked(
+        torch.bincount(flat_segments, weights=flat_candidates.double(), minlength=num_segments).round().long(),
+        mask_ratio,
+    )
+    rank = torch.arange(order.numel(), device=order.device) - starts[sorted_segments]
+    dropped = torch.zeros_like(flat_candidates)
+    dropped[order] = rank < budget[sorted_segments]
+    return dropped.reshape(candidates.shape)
+
+
+def kept_token_count(
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str,
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Number of targets that stay in the loss: ``sum over scopes of n - floor(mask_ratio * n)``.
+
+    It depends on the labels alone, not on the entropies, so a trainer can count the kept tokens
+    of a whole optimizer step before any forward pass; that is what makes the normalisation exact.
+    """
+    targets, drop_last = shifted_targets(labels, shift_labels)
+    candidates = targets != IGNORE_INDEX
+    segments = target_segments(targets, scope, position_ids, shifted=drop_last == 1)
+    _, inverse = torch.unique(segments.reshape(-1), return_inverse=True)
+    per_segment = torch.bincount(inverse, weights=candidates.reshape(-1).double()).round().long()
+    return (per_segment - num_masked(per_segment, mask_ratio)).sum()
+
+
+@dataclass
+class MaskStats:
+    """What one call of :func:`mask_low_entropy_targets` did, for metrics (tensors, no sync)."""
+
+    candidates: torch.Tensor
+    dropped: torch.Tensor
+    # Sum over scopes that dropped something of the highest dropped entropy, and their count.
+    threshold_sum: torch.Tensor
+    threshold_count: torch.Tensor
+    # Entropy sum and argmax hits over candidates (TRL logs mean entropy and token accuracy).
+    entropy_sum: torch.Tensor
+
+
+def mask_low_entropy_targets(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str,
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, MaskStats]:
+    """Targets aligned with ``logits`` (B, T) with the low-entropy candidates set to -100."""
+    targets, drop_last = shifted_targets(labels, shift_labels)
+    scored = logits[:, : logits.shape[1] - drop_last] if drop_last else logits
+    candidates = targets != IGNORE_INDEX
+    entropy = token_entropy(scored)
+    if not torch.isfinite(entropy[candidates]).all():
+        raise FloatingPointError("SLowED: the model produced NaN or inf logits on a training target.")
+    segments = target_segments(targets, scope, position_ids, shifted=drop_last == 1)
+    dropped = select_low_entropy(entropy, candidates, mask_ratio, segments)
+    masked = targets.masked_fill(dropped, IGNORE_INDEX)
+
+    # Per scope, the threshold is the highest entropy that was dropped.
+    _, inverse = torch.unique(segments.reshape(-1), return_inverse=True)
+    dropped_entropy = torch.where(dropped.reshape(-1), entropy.reshape(-1), torch.full_like(entropy.reshape(-1), -1.0))
+    per_scope = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), -1.0, device=entropy.device)
+    per_scope = per_scope.scatter_reduce(0, inverse, dropped_entropy, reduce="amax")
+    has_drop = per_scope >= 0
+    stats = MaskStats(
+        candidates=candidates.sum(),
+        dropped=dropped.sum(),
+        threshold_sum=per_scope.clamp_min(0).sum(),
+        threshold_count=has_drop.sum(),
+        entropy_sum=entropy[candidates].sum(),
+    )
+    return masked, stats
+
+
+def masked_causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str = "sequence",
+    num_items_in_batch: torch.Tensor | int | None = None,
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, MaskStats | None]:
+    """Cross-entropy over the kept targets, through transformers' own ``ForCausalLMLoss``.
+
+    ``num_items_in_batch`` must be the kept count of the whole optimizer step (see
+    :func:`kept_token_count`); without it the loss is the mean over this micro-batch's kept
+    targets. ``mask_ratio=0`` calls ``ForCausalLMLoss`` unchanged: plain SFT, bit for bit.
+    """
+    vocab_size = logits.shape[-1]
+    if mask_ratio == 0:
+        return ForCausalLMLoss(
+            logits, labels, vocab_size, num_items_in_batch=num_items_in_batch, shift_labels=shift_labels
+        ), None
+    masked, stats = mask_low_entropy_targets(logits, labels, mask_ratio, scope, position_ids, shift_labels)
+    if shift_labels is None:
+        # ForCausalLMLoss pads the shifted targets back to full length itself.
+        masked = torch.nn.functional.pad(masked, (0, 1), value=IGNORE_INDEX)
+    kept = masked != IGNORE_INDEX
+    if num_items_in_batch is None and not kept.any():
+        # A micro-batch with nothing to learn: zero loss that still reaches every parameter.
+        return logits.sum() * 0.0, stats
+    if num_items_in_batch is not None and torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.clamp_min(1)
+    elif num_items_in_batch is not None:
+        num_items_in_batch = max(int(num_items_in_batch), 1)
+    loss = ForCausalLMLoss(logits, None, vocab_size, num_items_in_batch=num_items_in_batch, shift_labels=masked)
+    return loss, stats

@@ -1,0 +1,215 @@
+"""Slow Tuning: keep every weight change inside a Frobenius ball of radius tau around the start.
+
+Pure torch (and PEFT's layer types to find LoRA layers); knows nothing of trainers.
+
+- LoRA layer: ``ΔW = s · B @ A`` with ``s = layer.scaling[adapter]`` (``alpha / r``, or
+  ``alpha / sqrt(r)`` with rsLoRA). Its norm comes from the r x r Gram identity
+  ``||B A||_F^2 = sum((BᵀB) ∘ (A Aᵀ))``, in float32; ΔW is never materialised. The projection
+  multiplies B by ``c = tau / ||ΔW||_F`` in place, so that ``save_pretrained`` (which stores
+  lora_A/lora_B, not the runtime ``scaling``) writes the projected adapter. Scaling B alone
+  is exact in one multiply; A keeps its norm, so the scale of B's gradient is unchanged.
+- Any other trainable tensor (full fine-tuning, PEFT ``modules_to_save``): ``ΔW = W - W0``
+  against a copy of the initial tensor, projected as ``W <- W0 + c · (W - W0)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ProjectionReport:
+    """What one projection pass found and did."""
+
+    max_norm: float  # largest ||ΔW||_F before projection (the global norm for tau_scope=global)
+    num_projected: int  # weights that were scaled
+    min_scale: float  # smallest factor applied (1.0 when nothing was scaled)
+    num_weights: int  # weights under Slow Tuning
+
+
+def lora_delta_norm(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``||scaling · B @ A||_F`` in float32, from two r x r products."""
+    a = lora_a.detach().float().reshape(lora_a.shape[0], -1)
+    b = lora_b.detach().float().reshape(lora_b.shape[0], -1)
+    gram = ((b.T @ b) * (a @ a.T)).sum()
+    # Rounding can leave a tiny negative value when ΔW is (nearly) zero.
+    return gram.clamp_min(0).sqrt() * abs(scaling)
+
+
+class _LoraWeight:
+    """One active adapter of one PEFT LoRA layer."""
+
+    def __init__(self, name: str, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> None:
+        self.name, self.lora_a, self.lora_b, self.scaling = name, lora_a, lora_b, scaling
+
+    def norm(self) -> torch.Tensor:
+        return lora_delta_norm(self.lora_a, self.lora_b, self.scaling)
+
+    def scale_(self, factor: float) -> None:
+        self.lora_b.mul_(factor)
+
+
+class _DenseWeight:
+    """A trainable tensor and the copy of its initial value."""
+
+    def __init__(self, name: str, param: torch.Tensor, reference: torch.Tensor) -> None:
+        self.name, self.param, self.reference = name, param, reference
+
+    def _delta(self) -> torch.Tensor:
+        return self.param.detach().float() - self.reference.to(self.param.device, torch.float32)
+
+    def norm(self) -> torch.Tensor:
+        return torch.linalg.vector_norm(self._delta())
+
+    def scale_(self, factor: float) -> None:
+        reference = self.reference.to(self.param.device, torch.float32)
+        self.param.copy_(reference + factor * (self.param.detach().float() - reference))
+
+
+def _lora_weights(model: nn.Module) -> tuple[list[_LoraWeight], set[int]]:
+    """Active LoRA adapters of ``model`` and the ids of their A/B parameters."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is a dependency, but a plain model needs none of it
+        return [], set()
+    weights: list[_LoraWeight] = []
+    owned: set[int] = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            elif adapter in module.lora_embedding_A:
+                lora_a, lora_b = module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
+            else:
+                continue
+            name = f"{module_name}[{adapter}]"
+            if module.use_dora.get(adapter, False):
+                raise ValueError(
+                    f"Slow Tuning cannot bound DoRA layer {name}: its magnitude vector changes W outside "
+                    "scaling·B@A. Set `use_dora=False` or `tau: null`."
+                )
+            if getattr(module, "lora_bias", {}).get(adapter, False):
+                raise ValueError(
+                    f"Slow Tuning cannot bound LoRA layer {name} with `lora_bias=True`: the bias is a weight "
+                    "change outside scaling·B@A. Set `lora_bias=False` or `tau: null`."
+                )
+            if lora_a.dim() != 2:
+                raise ValueError(
+                    f"Slow Tuning supports linear and embedding LoRA layers; {name} is a convolution "
+                    f"(lora_A of shape {tuple(lora_a.shape)}). Remove it from target_modules or set `tau: null`."
+                )
+            weights.append(_LoraWeight(name, lora_a, lora_b, float(module.scaling[adapter])))
+            owned.update((id(lora_a), id(lora_b)))
+    return weights, owned
+
+
+def _check_supported_peft(model: nn.Module) -> None:
+    config = getattr(model, "peft_config", None)
+    if not isinstance(config, dict):
+        return
+    for name, adapter_config in config.items():
+        peft_type = str(getattr(adapter_config, "peft_type", "LORA")).split(".")[-1]
+        if peft_type != "LORA":
+            raise ValueError(
+                f"Slow Tuning supports LoRA adapters and full fine-tuning; adapter {name!r} is {peft_type}. "
+                "Use a LoRA adapter or set `tau: null`."
+            )
+
+
+class SlowTuner:
+    """Finds the weights under Slow Tuning in ``model`` and projects them onto the tau-ball.
+
+    Build it at the start of training: LoRA adapters must then be at ΔW = 0 (otherwise the ball
+    around the start cannot be reached by scaling B within rank r, and we refuse rather than
+    approximate), and full fine-tuning copies the initial trainable tensors to ``reference_device``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tau: float,
+        scope: str = "layer",
+        reference_device: str = "cpu",
+        check_start: bool = True,
+    ) -> None:
+        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+            raise ValueError(f"`tau` must be a finite number > 0; got {tau!r}.")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"`tau_scope` must be one of layer, global; got {scope!r}.")
+        self.tau, self.scope = float(tau), scope
+        _check_supported_peft(model)
+        self.lora, owned = _lora_weights(model)
+        if check_start:
+            for weight in self.lora:
+                norm = float(weight.norm())
+                if norm != 0.0:
+                    init = _init_lora_weights(model)
+                    raise ValueError(
+                        f"Slow Tuning needs LoRA adapters that start at ΔW = 0; {weight.name} starts at "
+                        f"||ΔW||_F = {norm:.3g} (init_lora_weights={init!r}). PiSSA, OLoRA, LoftQ, CorDA and "
+                        "loaded adapters start elsewhere: use init_lora_weights=True or 'gaussian', or set `tau: null`."
+                    )
+        self.dense = [
+            _DenseWeight(name, param, param.detach().to(_device(reference_device, param), copy=True))
+            for name, param in model.named_parameters()
+            if param.requires_grad and id(param) not in owned
+        ]
+        if not self.lora and not self.dense:
+            raise ValueError("Slow Tuning found no trainable weights in the model.")
+
+    @property
+    def weights(self) -> list[_LoraWeight | _DenseWeight]:
+        return [*self.lora, *self.dense]
+
+    @torch.no_grad()
+    def norms(self) -> torch.Tensor:
+        """``||ΔW||_F`` of every weight, float32, in the order of :attr:`weights`."""
+        return torch.stack([w.norm().to("cpu") for w in self.weights])
+
+    @torch.no_grad()
+    def project(self) -> ProjectionReport:
+        """Scale every weight change whose norm exceeds tau back onto the ball (in place)."""
+        norms = self.norms()
+        if self.scope == "global":
+            total = float(torch.linalg.vector_norm(norms))
+            factors = [self.tau / total if total > self.tau else 1.0] * len(norms)
+            max_norm = total
+        else:
+            factors = [self.tau / n if n > self.tau else 1.0 for n in norms.tolist()]
+            max_norm = float(norms.max())
+        scaled = [f for f in factors if f < 1.0]
+        for weight, factor in zip(self.weights, factors):
+            if factor < 1.0:
+                weight.scale_(factor)
+        return ProjectionReport(
+            max_norm=max_norm, num_projected=len(scaled), min_scale=min(scaled, default=1.0), num_weights=len(norms)
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The initial values of the dense weights (what a resumed run needs to project the same)."""
+        return {w.name: w.reference for w in self.dense}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = {w.name for w in self.dense}
+        if set(state) != expected:
+            missing = sorted(expected - set(state))[:3]
+            raise ValueError(f"Slow Tuning state does not match this model (missing e.g. {missing}).")
+        for weight in self.dense:
+            weight.reference = state[weight.name].to(weight.reference.device, weight.reference.dtype)
+
+
+def _device(reference_device: str, param: torch.Tensor) -> torch.device:
+    return torch.device("cpu") if reference_device == "cpu" else param.device
+
+
+def _init_lora_weights(model: nn.Module) -> object:
+    config = getattr(model, "peft_config", None)
+    if isinstance(config, dict) and config:
+        return getattr(next(iter(config.values())), "init_lora_weights", None)
+    return None
