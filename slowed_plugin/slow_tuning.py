@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+# Relative slack under which a norm counts as already on the ball (float32 rounding of tau / n).
+_ROUNDING = 1e-6
+
 
 @dataclass(frozen=True)
 class ProjectionReport:
@@ -176,15 +179,18 @@ class SlowTuner:
     def project(self) -> ProjectionReport:
         """Scale every weight change whose norm exceeds tau back onto the ball (in place)."""
         norms = self.norms()
+        # A weight projected earlier sits at tau up to float rounding; rescaling it again by
+        # 1 - 1e-7 would change nothing but its bits, so only norms beyond that rounding count.
+        limit = self.tau * (1 + _ROUNDING)
         if self.scope == "global":
             total = float(torch.linalg.vector_norm(norms))
-            factors = [self.tau / total if total > self.tau else 1.0] * len(norms)
+            factors = [self.tau / total if total > limit else 1.0] * len(norms)
             max_norm = total
         else:
-            factors = [self.tau / n if n > self.tau else 1.0 for n in norms.tolist()]
+            factors = [self.tau / n if n > limit else 1.0 for n in norms.tolist()]
             max_norm = float(norms.max())
         scaled = [f for f in factors if f < 1.0]
-        for weight, factor in zip(self.weights, factors):
+        for weight, factor in zip(self.weights, factors, strict=True):
             if factor < 1.0:
                 weight.scale_(factor)
         return ProjectionReport(

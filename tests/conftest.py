@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny local models and a tokenizer, built once per session, never from the hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+# Before transformers/datasets are imported anywhere: no hub, no telemetry.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["AXOLOTL_DO_NOT_TRACK"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[1] / "slowed_plugin" / "data" / "cot_tiny.jsonl"
+FAMILIES = ("llama", "qwen2", "bloom")
+
+
+@pytest.fixture(scope="session")
+def cot_rows() -> list[dict]:
+    """The bundled chain-of-thought set: prompt/completion rows."""
+    return [json.loads(line) for line in DATA.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, cot_rows) -> str:
+    from slowed_plugin.tiny import build_tokenizer
+
+    path = str(tmp_path_factory.mktemp("tokenizer"))
+    build_tokenizer([r["prompt"] + " " + r["completion"] for r in cot_rows], path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory, tokenizer_dir, tokenizer) -> dict[str, str]:
+    """family -> a folder holding a tiny randomly initialised model and the tokenizer."""
+    import shutil
+
+    from slowed_plugin.tiny import build_model
+
+    dirs = {}
+    for family in FAMILIES:
+        path = str(tmp_path_factory.mktemp(family))
+        build_model(family, len(tokenizer), path)
+        for name in os.listdir(tokenizer_dir):
+            shutil.copy(os.path.join(tokenizer_dir, name), path)
+        dirs[family] = path
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def llama_dir(model_dirs) -> str:
+    return model_dirs["llama"]

@@ -1,0 +1,184 @@
+"""Slow Tuning: Gram-identity norms against materialised ΔW, projection, refusals, save/reload, QLoRA."""
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from slowed_plugin.slow_tuning import SlowTuner, lora_delta_norm
+
+
+def _peft(model_dir, **lora):
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **lora)
+    return get_peft_model(base, config)
+
+
+def _randomise_lora(model, scale=1.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+
+
+def _materialised(model):
+    from peft.tuners.lora import LoraLayer
+
+    return {
+        name: float(module.get_delta_weight("default").float().norm())
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+
+
+def test_gram_identity_matches_materialised():
+    a, b = torch.randn(8, 40, dtype=torch.float64), torch.randn(30, 8, dtype=torch.float64)
+    expected = (0.5 * b @ a).norm()
+    torch.testing.assert_close(lora_delta_norm(a, b, 0.5).double(), expected, rtol=1e-5, atol=0)
+    assert lora_delta_norm(torch.zeros(2, 3), torch.zeros(4, 2), 2.0) == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "bloom"])
+@pytest.mark.parametrize("rslora", [False, True])
+def test_norms_equal_materialised_delta(model_dirs, family, rslora):
+    model = _peft(model_dirs[family], use_rslora=rslora)
+    tuner = SlowTuner(model, tau=1.0)
+    _randomise_lora(model, 0.3)
+    norms = dict(zip([w.name.split("[")[0] for w in tuner.weights], tuner.norms().tolist(), strict=True))
+    expected = _materialised(model)
+    assert set(norms) == set(expected) and len(norms) > 0
+    for name, value in expected.items():
+        assert norms[name] == pytest.approx(value, rel=1e-5)
+
+
+def test_embedding_lora_norm(llama_dir):
+    base = AutoModelForCausalLM.from_pretrained(llama_dir)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"]))
+    tuner = SlowTuner(model, tau=1.0)
+    _randomise_lora(model, 0.3)
+    names = [w.name for w in tuner.weights]
+    assert any("embed_tokens" in n for n in names)
+    expected = _materialised(model)
+    for weight in tuner.lora:
+        assert float(weight.norm()) == pytest.approx(expected[weight.name.split("[")[0]], rel=1e-5)
+
+
+def test_projection_bounds_and_leaves_small_layers_untouched(llama_dir):
+    model = _peft(llama_dir)
+    tuner = SlowTuner(model, tau=1.0)
+    _randomise_lora(model, 0.2)
+    with torch.no_grad():
+        for weight in tuner.lora[::2]:
+            weight.lora_b.mul_(0.01)  # every other layer well inside the ball
+    before = tuner.norms()
+    assert (before > 1.0).any() and (before < 1.0).any(), "the test needs layers on both sides of tau"
+    snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    report = tuner.project()
+    after = tuner.norms()
+    assert torch.all(after <= 1.0 * (1 + 1e-5))
+    assert report.num_projected == int((before > 1.0).sum())
+    assert report.max_norm == pytest.approx(float(before.max()))
+    assert report.min_scale == pytest.approx(float(1.0 / before.max()), rel=1e-6)
+    for weight, norm in zip(tuner.lora, before.tolist(), strict=True):
+        name_a = [n for n, p in model.named_parameters() if p is weight.lora_a][0]
+        name_b = [n for n, p in model.named_parameters() if p is weight.lora_b][0]
+        assert torch.equal(snapshot[name_a], weight.lora_a)  # A is never scaled
+        if norm <= 1.0:
+            assert torch.equal(snapshot[name_b], weight.lora_b)  # inside the ball: bit for bit
+    # A second pass finds nothing to do.
+    assert tuner.project().num_projected == 0
+
+
+def test_global_scope_scales_all_by_one_factor(llama_dir):
+    model = _peft(llama_dir)
+    tuner = SlowTuner(model, tau=1.0, scope="global")
+    _randomise_lora(model, 0.2)
+    before = tuner.norms()
+    report = tuner.project()
+    after = tuner.norms()
+    assert float(torch.linalg.vector_norm(after)) == pytest.approx(1.0, rel=1e-5)
+    torch.testing.assert_close(after / before, torch.full_like(before, report.min_scale), rtol=1e-5, atol=0)
+    assert report.num_projected == len(before)
+
+
+def test_projection_survives_save_and_reload(llama_dir, tmp_path):
+    model = _peft(llama_dir)
+    tuner = SlowTuner(model, tau=0.5)
+    _randomise_lora(model, 0.2)
+    tuner.project()
+    model.save_pretrained(tmp_path / "adapter")
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(llama_dir), tmp_path / "adapter")
+    norms = SlowTuner(reloaded, tau=0.5, check_start=False).norms()
+    assert torch.all(norms <= 0.5 * (1 + 1e-5)) and norms.max() > 0.49
+
+
+def test_full_fine_tuning_projects_towards_initial_weights(llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tuner = SlowTuner(model, tau=0.1)
+    assert all(w.reference.device.type == "cpu" for w in tuner.dense)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    before = tuner.norms()
+    tuner.project()
+    for weight, norm in zip(tuner.dense, before.tolist(), strict=True):
+        delta = weight.param.detach() - initial[weight.name]
+        assert float(delta.norm()) <= 0.1 * (1 + 1e-5)
+        if norm > 0.1:  # direction kept: W - W0 is a positive multiple of what it was
+            assert float(delta.norm()) == pytest.approx(0.1, rel=1e-4)
+
+
+def test_state_dict_round_trip(llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    tuner = SlowTuner(model, tau=0.1)
+    other = SlowTuner(AutoModelForCausalLM.from_pretrained(llama_dir), tau=0.1)
+    other.load_state_dict(tuner.state_dict())
+    with pytest.raises(ValueError, match="does not match"):
+        other.load_state_dict({"x": torch.zeros(1)})
+
+
+@pytest.mark.parametrize(
+    "lora, match",
+    [
+        ({"use_dora": True}, "DoRA"),
+        ({"init_lora_weights": "pissa"}, "start at ΔW = 0"),
+        ({"init_lora_weights": "olora"}, "start at ΔW = 0"),
+        ({"init_lora_weights": False}, "init_lora_weights=False"),
+        ({"lora_bias": True}, "lora_bias"),
+    ],
+)
+def test_adapters_not_starting_at_zero_are_refused(llama_dir, lora, match):
+    model = _peft(llama_dir, **lora)
+    with pytest.raises(ValueError, match=match):
+        SlowTuner(model, tau=1.0)
+
+
+def test_non_lora_peft_is_refused(llama_dir):
+    from peft import IA3Config
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), IA3Config(target_modules=["q_proj"], feedforward_modules=[]))
+    with pytest.raises(ValueError, match="IA3"):
+        SlowTuner(model, tau=1.0)
+
+
+def test_qlora_4bit_base(llama_dir):
+    pytest.importorskip("bitsandbytes")
+    from transformers import BitsAndBytesConfig
+
+    base = AutoModelForCausalLM.from_pretrained(
+        llama_dir,
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+        device_map="cpu",
+    )
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    tuner = SlowTuner(model, tau=0.5)
+    assert len(tuner.lora) > 0 and not tuner.dense  # the 4-bit base is frozen: no dense copies
+    assert any("Linear4bit" in type(m).__name__ for m in model.modules())
+    _randomise_lora(model, 0.2)
+    expected = _materialised(model)
+    for weight in tuner.lora:
+        assert float(weight.norm()) == pytest.approx(expected[weight.name.split("[")[0]], rel=1e-5)
+    tuner.project()
+    assert torch.all(tuner.norms() <= 0.5 * (1 + 1e-5))
