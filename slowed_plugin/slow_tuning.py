@@ -22,6 +22,10 @@ from torch import nn
 
 # Relative slack under which a norm counts as already on the ball (float32 rounding of tau / n).
 _ROUNDING = 1e-6
+# Second-pass target for weights stored in bf16/fp16, whose rounding (2^-8 relative) can push
+# a just-projected norm over tau: land at tau * (1 - margin) instead.
+_LOW_PRECISION_MARGIN = 2**-7
+_MAX_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -179,23 +183,35 @@ class SlowTuner:
     def project(self) -> ProjectionReport:
         """Scale every weight change whose norm exceeds tau back onto the ball (in place)."""
         norms = self.norms()
-        # A weight projected earlier sits at tau up to float rounding; rescaling it again by
-        # 1 - 1e-7 would change nothing but its bits, so only norms beyond that rounding count.
-        limit = self.tau * (1 + _ROUNDING)
-        if self.scope == "global":
-            total = float(torch.linalg.vector_norm(norms))
-            factors = [self.tau / total if total > limit else 1.0] * len(norms)
-            max_norm = total
-        else:
-            factors = [self.tau / n if n > limit else 1.0 for n in norms.tolist()]
-            max_norm = float(norms.max())
+        factors = self._factors(norms)
+        max_norm = float(torch.linalg.vector_norm(norms)) if self.scope == "global" else float(norms.max())
         scaled = [f for f in factors if f < 1.0]
-        for weight, factor in zip(self.weights, factors, strict=True):
-            if factor < 1.0:
-                weight.scale_(factor)
+        self._scale(factors)
+        # bf16/fp16 weights round the scaled product, which can leave a norm a hair above tau:
+        # aim a little inside the ball and check again (one extra pass in practice).
+        for _ in range(_MAX_RETRIES):
+            factors = self._factors(self.norms(), margin=_LOW_PRECISION_MARGIN)
+            if all(f == 1.0 for f in factors):
+                break
+            self._scale(factors)
         return ProjectionReport(
             max_norm=max_norm, num_projected=len(scaled), min_scale=min(scaled, default=1.0), num_weights=len(norms)
         )
+
+    def _factors(self, norms: torch.Tensor, margin: float = 0.0) -> list[float]:
+        # A weight projected earlier sits at tau up to float rounding; rescaling it again by
+        # 1 - 1e-7 would change nothing but its bits, so only norms beyond that rounding count.
+        limit = self.tau * (1 + _ROUNDING)
+        target = self.tau * (1 - margin)
+        if self.scope == "global":
+            total = float(torch.linalg.vector_norm(norms))
+            return [target / total if total > limit else 1.0] * len(norms)
+        return [target / n if n > limit else 1.0 for n in norms.tolist()]
+
+    def _scale(self, factors: list[float]) -> None:
+        for weight, factor in zip(self.weights, factors, strict=True):
+            if factor < 1.0:
+                weight.scale_(factor)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The initial values of the dense weights (what a resumed run needs to project the same)."""

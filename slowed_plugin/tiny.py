@@ -27,8 +27,9 @@ def build_tokenizer(texts: Iterable[str], path: str | None = None):
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS + ["user", "assistant", ":"])
-    tokenizer.train_from_iterator(list(texts), trainer)
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    # The chat template's words are part of the corpus, so that templated text has no <unk>.
+    tokenizer.train_from_iterator([*texts, "user : assistant :"], trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
     )
@@ -46,6 +47,12 @@ def build_tokenizer(texts: Iterable[str], path: str | None = None):
     if path is not None:
         fast.save_pretrained(path)
     return fast
+
+
+def vocab_size(tokenizer) -> int:
+    """Embedding rows a model needs for ``tokenizer``: one past the largest id (``len`` can be smaller
+    when a special token is also a corpus word)."""
+    return max(tokenizer.get_vocab().values()) + 1
 
 
 def build_model(

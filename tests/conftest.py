@@ -47,12 +47,12 @@ def model_dirs(tmp_path_factory, tokenizer_dir, tokenizer) -> dict[str, str]:
     """family -> a folder holding a tiny randomly initialised model and the tokenizer."""
     import shutil
 
-    from slowed_plugin.tiny import build_model
+    from slowed_plugin.tiny import build_model, vocab_size
 
     dirs = {}
     for family in FAMILIES:
         path = str(tmp_path_factory.mktemp(family))
-        build_model(family, len(tokenizer), path)
+        build_model(family, vocab_size(tokenizer), path)
         for name in os.listdir(tokenizer_dir):
             shutil.copy(os.path.join(tokenizer_dir, name), path)
         dirs[family] = path

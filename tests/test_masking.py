@@ -71,9 +71,9 @@ def masking_cases(draw):
     # Few distinct entropy values, so ties are the rule rather than the exception.
     values = draw(st.lists(st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.0]), min_size=rows * width, max_size=rows * width))
     entropy = torch.tensor(values, dtype=torch.float32).reshape(rows, width)
-    candidates = torch.tensor(
-        draw(st.lists(st.booleans(), min_size=rows * width, max_size=rows * width))
-    ).reshape(rows, width)
+    candidates = torch.tensor(draw(st.lists(st.booleans(), min_size=rows * width, max_size=rows * width))).reshape(
+        rows, width
+    )
     if draw(st.booleans()):
         candidates[0] = False  # an all-ignored row
     ratio = draw(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.99]))

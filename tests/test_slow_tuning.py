@@ -158,7 +158,9 @@ def test_adapters_not_starting_at_zero_are_refused(llama_dir, lora, match):
 def test_non_lora_peft_is_refused(llama_dir):
     from peft import IA3Config
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(llama_dir), IA3Config(target_modules=["q_proj"], feedforward_modules=[]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(llama_dir), IA3Config(target_modules=["q_proj"], feedforward_modules=[])
+    )
     with pytest.raises(ValueError, match="IA3"):
         SlowTuner(model, tau=1.0)
 
@@ -182,3 +184,15 @@ def test_qlora_4bit_base(llama_dir):
         assert float(weight.norm()) == pytest.approx(expected[weight.name.split("[")[0]], rel=1e-5)
     tuner.project()
     assert torch.all(tuner.norms() <= 0.5 * (1 + 1e-5))
+
+
+def test_bf16_adapters_still_land_inside_the_ball(llama_dir):
+    model = _peft(llama_dir)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.bfloat16()
+    tuner = SlowTuner(model, tau=0.05)
+    _randomise_lora(model, 0.2)
+    tuner.project()
+    norms = tuner.norms()
+    assert torch.all(norms <= 0.05 * (1 + 1e-5)) and torch.all(norms > 0.05 * 0.98)
