@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import SLowEDConfig
+from .config import SLowEDConfig, SLowEDConfigError
 
 __version__ = "0.1.0"
-__all__ = ["SLowEDCallback", "SLowEDConfig", "SLowEDPlugin", "__version__"]
+__all__ = ["SLowEDCallback", "SLowEDConfig", "SLowEDConfigError", "SLowEDPlugin", "__version__"]
 
 if TYPE_CHECKING:
     from .axolotl.plugin import SLowEDPlugin

@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help); nested names ("eval safety") become nested sub-commands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("slowed_plugin.quickstart", "Run the main job on its embedded default (CPU, no downloads)."),
+    "quickstart": ("slowed_plugin.quickstart", "A short SLowED run of a tiny local model (CPU, seconds)."),
     "check": ("slowed_plugin.axolotl.check", "Check that an Axolotl recipe will train with SLowED on."),
     "eval safety": ("slowed_plugin.evaluation.safety_cli", "Safety ratio of a model on harmful prompts."),
     "inspect": ("slowed_plugin.mask_inspector", "Show which target tokens Low-Entropy Masking drops."),
@@ -55,7 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     if error is not None:
         print(f"slowed: this command needs a missing package ({error}); install slowed-plugin[demo].", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    from .config import SLowEDConfigError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except SLowEDConfigError as err:  # bad input: one line, no traceback
+        print(f"slowed: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ _TAU_SCOPES = ("layer", "global")
 _REFERENCE_DEVICES = ("cpu", "model")
 
 
+class SLowEDConfigError(ValueError):
+    """A SLowED setting that cannot be honoured; the message is one line naming key, value and what is allowed."""
+
+
 def _is_number(value: Any) -> bool:
     # bool is an int subclass; `tau: true` in YAML is a typo, not 1.0.
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -139,34 +143,43 @@ class SLowEDConfig:
         if isinstance(value, Mapping):
             unknown = [k for k in value if k not in cls.keys()]
             if unknown:
-                raise ValueError(
+                raise SLowEDConfigError(
                     f"`{key}.{unknown[0]}` is not a SLowED key (got {value[unknown[0]]!r}); "
                     f"allowed keys: {', '.join(cls.keys())}."
                 )
             missing = [k for k in ("tau", "mask_ratio") if k not in value]
             if missing:
-                raise ValueError(
+                raise SLowEDConfigError(
                     f"`{key}.{missing[0]}` is required (got {dict(value)!r}); write it explicitly, "
                     f"e.g. `{key}: {{tau: 10.0, mask_ratio: 0.2}}` (`tau: null` or "
                     "`mask_ratio: 0` turns a mechanism off)."
                 )
             try:
                 return cls(**dict(value))
-            except ValueError as err:
-                raise ValueError(f"`{key}.{str(err).lstrip('`')}") from None
+            except SLowEDConfigError as err:
+                raise SLowEDConfigError(f"`{key}.{str(err).lstrip('`')}") from None
         if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
             if len(value) != 2:
-                raise ValueError(
+                raise SLowEDConfigError(
                     f"`{key}` short form must be [tau, mask_ratio] with 2 values, got {len(value)}: {list(value)!r}."
                 )
             try:
                 return cls(tau=value[0], mask_ratio=value[1])
-            except ValueError as err:
-                raise ValueError(f"`{key}.{str(err).lstrip('`')}") from None
-        raise ValueError(
+            except SLowEDConfigError as err:
+                raise SLowEDConfigError(f"`{key}.{str(err).lstrip('`')}") from None
+        raise SLowEDConfigError(
             f"`{key}` must be a mapping such as {{tau: 10.0, mask_ratio: 0.2}} or the short form "
             f"[tau, mask_ratio], got {value!r}."
         )
+
+    @classmethod
+    def markdown_reference(cls) -> str:
+        """The key reference table of the docs, generated from the help strings."""
+        rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+        for f in dataclasses.fields(cls):
+            default = "required" if f.default is dataclasses.MISSING else f"`{f.default}`"
+            rows.append(f"| `{f.name}` | {default} | {f.metadata['help']} |")
+        return "\n".join(rows)
 
     def describe(self) -> str:
         """One line with the resolved settings, for startup logs."""
@@ -187,19 +200,19 @@ def _check_tau(tau: Any) -> None:
     if tau is None:
         return
     if not _is_number(tau) or not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"`tau` must be a finite number > 0, or null to turn Slow Tuning off; got {tau!r}.")
+        raise SLowEDConfigError(f"`tau` must be a finite number > 0, or null to turn Slow Tuning off; got {tau!r}.")
 
 
 def _check_mask_ratio(mask_ratio: Any) -> None:
     if not _is_number(mask_ratio) or not math.isfinite(mask_ratio) or not 0 <= mask_ratio < 1:
-        raise ValueError(
+        raise SLowEDConfigError(
             f"`mask_ratio` must be a number with 0 <= mask_ratio < 1 (0 turns masking off); got {mask_ratio!r}."
         )
 
 
 def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"`{key}` must be one of {', '.join(allowed)}; got {value!r}.")
+        raise SLowEDConfigError(f"`{key}` must be one of {', '.join(allowed)}; got {value!r}.")
 
 
 def _check_project_every(value: Any) -> None:
@@ -207,4 +220,4 @@ def _check_project_every(value: Any) -> None:
         return
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return
-    raise ValueError(f"`project_every` must be `epoch` or a positive number of optimizer steps; got {value!r}.")
+    raise SLowEDConfigError(f"`project_every` must be `epoch` or a positive number of optimizer steps; got {value!r}.")
