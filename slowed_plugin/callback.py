@@ -132,7 +132,10 @@ class SLowEDCallback(TrainerCallback):
         if self.tuner is not None and self.tuner.dense and _is_main_process(args):
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if os.path.isdir(folder):
-                torch.save(self.tuner.state_dict(), os.path.join(folder, REFERENCE_FILE))
+                # Write then rename: an interrupted save never leaves a truncated file in a checkpoint.
+                path = os.path.join(folder, REFERENCE_FILE)
+                torch.save(self.tuner.state_dict(), path + ".tmp")
+                os.replace(path + ".tmp", path)
 
     def _load_reference(self, args: TrainingArguments, state: TrainerState) -> None:
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", REFERENCE_FILE)
@@ -182,15 +185,19 @@ class SLowEDCallback(TrainerCallback):
             # No labels: the model (or TRL's chunked forward, which then falls back) returns logits.
             outputs = previous(*args, **kwargs)
             logits = outputs.logits
-            loss, stats = masked_causal_lm_loss(
-                logits,
-                labels,
-                cfg.mask_ratio,
-                cfg.mask_scope,
-                num_items_in_batch=num_items_in_batch,
-                position_ids=kwargs.get("position_ids"),
-                shift_labels=shift_labels,
-            )
+            try:
+                loss, stats = masked_causal_lm_loss(
+                    logits,
+                    labels,
+                    cfg.mask_ratio,
+                    cfg.mask_scope,
+                    num_items_in_batch=num_items_in_batch,
+                    position_ids=kwargs.get("position_ids"),
+                    shift_labels=shift_labels,
+                )
+            except FloatingPointError as err:  # stop before the optimizer writes NaN into the weights
+                step = callback.trainer.state.global_step + 1 if callback.trainer is not None else "?"
+                raise FloatingPointError(f"{err} (optimizer step {step}); the weights were not updated.") from None
             if getattr(outputs, "aux_loss", None) is not None and router_coef:
                 loss = loss + router_coef * outputs.aux_loss.to(loss.device)
             callback._record(stats)
