@@ -190,3 +190,28 @@ def test_custom_loss_receives_masked_labels(llama_dir, cot_rows, tmp_path):
     kept, divisor = seen[0]
     assert kept == int(divisor)  # the loss is normalised by the kept count of the step
     assert 0.4 < _history(trainer, "slowed/masked_fraction")[0] <= 0.5
+
+
+def test_packed_examples_are_masked_one_by_one(llama_dir, cot_rows, tmp_path):
+    # The number of dropped targets depends on labels only: sum over examples of floor(k * n_i). If
+    # packed rows were taken as one example, floor(k * sum n_i) would drop more.
+    rows = cot_rows[:8]
+    fractions = {}
+    for packing in (False, True):
+        callback = SLowEDCallback(tau=None, mask_ratio=0.3, mask_scope="sequence")
+        trainer = sft_trainer(
+            llama_dir,
+            rows,
+            tmp_path / str(packing),
+            [callback],
+            max_steps=1,
+            per_device_train_batch_size=8,
+            packing=packing,
+            max_length=512,
+        )
+        batch = next(iter(trainer.get_train_dataloader()))
+        if packing:
+            assert batch["input_ids"].shape[0] < 8 and "position_ids" in batch  # really packed
+        trainer.train()
+        fractions[packing] = _history(trainer, "slowed/masked_fraction")[0]
+    assert fractions[True] == fractions[False]
