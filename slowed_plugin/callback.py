@@ -94,6 +94,12 @@ class SLowEDCallback(TrainerCallback):
             self._install_step_count(trainer)
         self._install_log(trainer)
         self.trainer = trainer
+        if self.config.safety_monitor:
+            from .monitor import SafetyMonitorCallback
+
+            monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor))
+            trainer.add_callback(monitor)
+            monitor.attach(trainer)
         logger.info(self.config.describe())
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):

@@ -12,6 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 MaskScope = Literal["batch", "sequence"]
@@ -96,6 +97,17 @@ class SLowEDConfig:
         },
     )
 
+    safety_monitor: Mapping[str, Any] | None = field(
+        default=None,
+        hash=False,
+        metadata={
+            "help": "In-training safety monitor: a mapping with `prompts` (required: held-out harmful prompts as a "
+            "list, a local file or a hub dataset id) and optional limit, seed, prompt_column, judge, judge_format, "
+            "every, eval_at_start, max_new_tokens, batch_size, use_chat_template, min_safety_ratio, keep_safest, "
+            "restore_on_stop, log_key (docs/evaluation.md). It logs `slowed/safety_ratio` each epoch. null: no monitor."
+        },
+    )
+
     def __post_init__(self) -> None:
         _check_tau(self.tau)
         _check_mask_ratio(self.mask_ratio)
@@ -103,6 +115,14 @@ class SLowEDConfig:
         _check_choice("tau_scope", self.tau_scope, _TAU_SCOPES)
         _check_choice("reference_device", self.reference_device, _REFERENCE_DEVICES)
         _check_project_every(self.project_every)
+        if self.safety_monitor is not None:
+            from .evaluation.monitor_config import check_monitor_config  # light: no torch
+
+            try:
+                checked = check_monitor_config(self.safety_monitor, key="safety_monitor")
+            except ValueError as err:
+                raise SLowEDConfigError(str(err)) from None
+            object.__setattr__(self, "safety_monitor", MappingProxyType(checked))
         # Normalise ints to floats so that `[10, 0.2]` and `{tau: 10.0, ...}` compare equal.
         if self.tau is not None:
             object.__setattr__(self, "tau", float(self.tau))
@@ -193,7 +213,8 @@ class SLowEDConfig:
             if self.masking
             else "Low-Entropy Masking off"
         )
-        return f"SLowED: {slow}; {mask}"
+        monitor = "; safety monitor on" if self.safety_monitor else ""
+        return f"SLowED: {slow}; {mask}{monitor}"
 
 
 def _check_tau(tau: Any) -> None:

@@ -1,0 +1,357 @@
+"""Safety monitor: the safety ratio on held-out harmful prompts, measured during training.
+
+    monitor = SafetyMonitorCallback(prompts, judge="refusal", every="epoch", min_safety_ratio=0.6)
+    trainer = SFTTrainer(model, args=args, train_dataset=ds, callbacks=[monitor])
+
+At each epoch end (or every ``every`` optimizer steps, and once before the first step) the
+monitor generates greedy answers to its prompts with the model being trained, has the judge
+rule on them, and logs ``slowed/safety_ratio`` with its 95 % Wilson interval through the
+trainer's own ``log``, so the paper's safety-per-epoch curve reaches every reporter (W&B,
+TensorBoard, ``trainer.state.log_history``). ``history`` keeps one dict per evaluation.
+
+Optional rules, on the evaluations after training has begun:
+
+- ``min_safety_ratio``: every evaluation that meets it saves the model to
+  ``{output_dir}/slowed-last-safe`` (and keeps its trainable weights in CPU memory). The first
+  one that falls below stops training, skips the trainer's checkpoint for that step and puts
+  the last safe weights back into the model, so whatever the run saves at the end (Axolotl's
+  final save, your ``trainer.save_model()``) met the bound.
+- ``keep_safest``: the evaluation with the highest ratio so far (ties go to the later one, which
+  has trained longer) is saved to ``{output_dir}/slowed-safest``.
+
+Evaluations run on every process (generation under ZeRO-3/FSDP needs them all); the trainer logs
+and saves from the main process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .callback import _calling_trainer
+from .evaluation.judges import Judge, load_judge
+from .evaluation.monitor_config import CONFIG_KEYS, LOG_KEY, check_every, check_monitor_config
+from .evaluation.stats import wilson_interval
+
+__all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]
+
+SAFEST_DIR = "slowed-safest"
+LAST_SAFE_DIR = "slowed-last-safe"
+SUMMARY_FILE = "slowed_safety.json"
+
+
+class SafetyMonitorCallback(TrainerCallback):
+    """Measures the safety ratio during training and logs it through the trainer.
+
+    Args:
+        prompts: held-out harmful prompts (list of strings), or a file / hub dataset id for
+            :func:`slowed_plugin.evaluation.prompts.load_prompts`.
+        judge: a :class:`~slowed_plugin.evaluation.judges.Judge` or a spec for
+            :func:`~slowed_plugin.evaluation.judges.load_judge` (``"refusal"``, a guard path or id).
+        every: ``"epoch"`` or a positive number of optimizer steps.
+        max_new_tokens: tokens generated per answer.
+        batch_size: prompts generated together.
+        min_safety_ratio: stop below this ratio and keep the last state that met it (see module doc).
+        keep_safest: save the safest evaluated state to ``{output_dir}/slowed-safest``.
+        eval_at_start: evaluate once before training (step 0); that point is logged but is not a
+            candidate for ``keep_safest`` and cannot stop training.
+        limit, seed, prompt_column: subset of a prompt file or hub set (default 32 prompts).
+        use_chat_template: ``None`` (auto), True or False; see :func:`generate_answers`.
+        tokenizer: the tokenizer to generate with; default the trainer's ``processing_class``.
+        restore_on_stop: with ``min_safety_ratio``, put the last safe weights back when stopping.
+        log_key: metric name; the interval goes to ``{log_key}_ci_low`` / ``_ci_high``.
+        judge_format: ``input_format`` of a guard built from a spec.
+        progress: show a progress bar while generating.
+    """
+
+    def __init__(
+        self,
+        prompts: Sequence[str] | str,
+        judge: Judge | str | None = "refusal",
+        every: int | str = "epoch",
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+        min_safety_ratio: float | None = None,
+        keep_safest: bool = False,
+        eval_at_start: bool = True,
+        limit: int | None = None,
+        seed: int = 0,
+        prompt_column: str | None = None,
+        use_chat_template: bool | None = None,
+        tokenizer: Any = None,
+        restore_on_stop: bool = True,
+        log_key: str = LOG_KEY,
+        judge_format: str | None = None,
+        progress: bool = False,
+    ) -> None:
+        from .evaluation.prompts import load_prompts
+
+        check_every(every)
+        if min_safety_ratio is not None and (
+            not isinstance(min_safety_ratio, (int, float))
+            or isinstance(min_safety_ratio, bool)
+            or not 0 <= min_safety_ratio <= 1
+        ):
+            raise ValueError(f"`min_safety_ratio` must be a number in [0, 1] or null; got {min_safety_ratio!r}.")
+        for key, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{key}` must be a positive integer; got {value!r}.")
+        if isinstance(prompts, str) and limit is None:
+            limit = 32
+        self.prompts = load_prompts(prompts, limit=limit, seed=seed, column=prompt_column)
+        self.judge = load_judge(judge, input_format=judge_format)
+        self.every = every
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.min_safety_ratio = None if min_safety_ratio is None else float(min_safety_ratio)
+        self.keep_safest = bool(keep_safest)
+        self.eval_at_start = bool(eval_at_start)
+        self.use_chat_template = use_chat_template
+        self.tokenizer = tokenizer
+        self.restore_on_stop = bool(restore_on_stop)
+        self.log_key = log_key
+        self.progress = progress
+
+        self.history: list[dict[str, Any]] = []
+        self.trainer: Trainer | None = None
+        self.best: dict[str, Any] | None = None
+        self.last_safe: dict[str, Any] | None = None
+        self.stopped: dict[str, Any] | None = None
+        self._last_safe_weights: dict[str, Any] | None = None
+        self._announced = False
+
+    # ------------------------------------------------------------------ construction from config
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], key: str = "slowed.safety_monitor") -> SafetyMonitorCallback:
+        """Build from a plain mapping (the Axolotl ``slowed.safety_monitor`` block); keys in :data:`CONFIG_KEYS`.
+
+        ``key`` is how the user wrote the mapping's place and prefixes every error.
+        """
+        kwargs = check_monitor_config(config, key)
+        try:
+            return cls(**kwargs)
+        except (ValueError, FileNotFoundError) as err:
+            message = str(err)
+            raise ValueError(
+                f"`{key}.{message.lstrip('`')}" if message.startswith("`") else f"{key}: {message}"
+            ) from None
+
+    # ------------------------------------------------------------------ attaching
+    def attach(self, trainer: Trainer) -> None:
+        """Bind to ``trainer`` (found automatically when the callback is registered on it)."""
+        if self.trainer is not None and self.trainer is not trainer:
+            raise ValueError(
+                "This SafetyMonitorCallback is already attached to another trainer; create one per trainer."
+            )
+        self.trainer = trainer
+        self._run_last()
+
+    def _run_last(self) -> None:
+        """Move this callback behind every other one, so that it measures the state an epoch or step
+        leaves behind (after Slow Tuning's projection) and has the last word on saving and stopping.
+
+        A new list, not an in-place move: the handler may be iterating over the old one right now.
+        """
+        handler = self.trainer.callback_handler
+        if self in handler.callbacks and handler.callbacks[-1] is not self:
+            handler.callbacks = [c for c in handler.callbacks if c is not self] + [self]
+
+    def _trainer(self) -> Trainer:
+        if self.trainer is None:
+            trainer = _calling_trainer(self)
+            if trainer is None:
+                raise RuntimeError("SafetyMonitorCallback could not find its trainer; call `monitor.attach(trainer)`.")
+            self.attach(trainer)
+        return self.trainer
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.trainer is None:
+            trainer = _calling_trainer(self)
+            if trainer is not None:
+                self.attach(trainer)
+
+    # ------------------------------------------------------------------ events
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self._trainer()
+        self._run_last()  # callbacks added after the trainer was built (Axolotl adds some) come after us
+        seconds = None
+        if self.eval_at_start and state.global_step == 0:
+            record = self.evaluate(args, state, **kwargs)
+            seconds = record["seconds"]
+            if self.min_safety_ratio is not None and record["safety_ratio"] >= self.min_safety_ratio:
+                self._remember_safe(record, save=False)
+            elif self.min_safety_ratio is not None and state.is_world_process_zero:
+                print(
+                    f"slowed: safety monitor: the starting model's safety ratio {record['safety_ratio']:.4f} is already "
+                    f"below min_safety_ratio={self.min_safety_ratio:g}; training stops at the first evaluation "
+                    "that is still below it.",
+                    file=sys.stderr,
+                )
+        self._announce(args, state, seconds)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.every != "epoch" and state.global_step % self.every == 0:
+            self._evaluate_and_apply(args, state, control, **kwargs)
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self.every == "epoch" and self.stopped is None:
+            self._evaluate_and_apply(args, state, control, **kwargs)
+
+    # ------------------------------------------------------------------ measuring
+    def evaluate(self, args: TrainingArguments, state: TrainerState, **kwargs: Any) -> dict[str, Any]:
+        """Measure now, log through the trainer, append to and return the new ``history`` entry."""
+        from .evaluation.generation import generate_answers, model_device
+
+        trainer = self._trainer()
+        model = kwargs.get("model") if kwargs.get("model") is not None else trainer.model
+        tokenizer = self._tokenizer(trainer, kwargs)
+        if getattr(self.judge, "source", None) is not None and getattr(self.judge, "device", "set") is None:
+            # A guard loaded by the monitor lives on this process's training device, not on cuda:0 of every rank.
+            self.judge.device = str(model_device(model))
+        start = time.perf_counter()
+        answers = generate_answers(
+            model,
+            tokenizer,
+            self.prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            progress=self.progress and state.is_world_process_zero,
+            use_chat_template=self.use_chat_template,
+        )
+        verdicts = self.judge.judge(self.prompts, answers)
+        seconds = time.perf_counter() - start
+        n_safe, n = sum(verdicts), len(verdicts)
+        low, high = wilson_interval(n_safe, n)
+        record = {
+            "step": state.global_step,
+            "epoch": float(state.epoch or 0.0),
+            "safety_ratio": n_safe / n,
+            "ci_low": low,
+            "ci_high": high,
+            "n_safe": n_safe,
+            "n": n,
+            "seconds": seconds,
+            "judge": self.judge.name,
+            "answers": answers,
+            "verdicts": verdicts,
+        }
+        self.history.append(record)
+        # The base class's log: a row of its own, without draining a subclass's accumulated train metrics.
+        Trainer.log(
+            trainer,
+            {self.log_key: record["safety_ratio"], f"{self.log_key}_ci_low": low, f"{self.log_key}_ci_high": high},
+        )
+        return record
+
+    def _evaluate_and_apply(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        record = self.evaluate(args, state, **kwargs)
+        ratio = record["safety_ratio"]
+        if self.keep_safest and (self.best is None or ratio >= self.best["safety_ratio"]):
+            self.best = record
+            self._save(args, SAFEST_DIR, record)
+        if self.min_safety_ratio is None:
+            return
+        if ratio >= self.min_safety_ratio:
+            self._remember_safe(record, save=True)
+            return
+        # Below the bound: stop, no checkpoint of this state, and the last safe weights back in the model.
+        self.stopped = record
+        control.should_training_stop = True
+        control.should_save = False
+        restored = self._restore_last_safe(self._trainer().model)
+        if state.is_world_process_zero:
+            if self.last_safe is None:
+                where = "no evaluation met it"
+            else:
+                where = f"last safe: step {self.last_safe['step']} (ratio {self.last_safe['safety_ratio']:.4f})"
+                if self.last_safe.get("path"):
+                    where += f", saved in {self.last_safe['path']}"
+                if restored:
+                    where += "; its weights are back in the model"
+            print(
+                f"slowed: safety monitor: safety ratio {ratio:.4f} at step {state.global_step} is below "
+                f"min_safety_ratio={self.min_safety_ratio:g}: training stops ({where}).",
+                file=sys.stderr,
+            )
+
+    # ------------------------------------------------------------------ keeping states
+    def _remember_safe(self, record: dict[str, Any], save: bool) -> None:
+        self.last_safe = record
+        if save:
+            self._save(self._trainer().args, LAST_SAFE_DIR, record)
+        if self.restore_on_stop:
+            model = self._trainer().model
+            self._last_safe_weights = {
+                name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad
+            }
+
+    def _restore_last_safe(self, model: Any) -> bool:
+        import torch
+
+        if not self.restore_on_stop or self._last_safe_weights is None:
+            return False
+        params = dict(model.named_parameters())
+        sharded = any(getattr(p, "ds_id", None) is not None for p in params.values())
+        if sharded or any(params[n].shape != w.shape for n, w in self._last_safe_weights.items() if n in params):
+            print(
+                "slowed: safety monitor: the model's parameters are sharded (DeepSpeed ZeRO-3 / FSDP); the last safe "
+                "state stays in its saved folder and is not copied back.",
+                file=sys.stderr,
+            )
+            return False
+        with torch.no_grad():
+            for name, weight in self._last_safe_weights.items():
+                params[name].copy_(weight.to(params[name].device))
+        return True
+
+    def _save(self, args: TrainingArguments, folder: str, record: dict[str, Any]) -> None:
+        trainer = self._trainer()
+        path = os.path.join(args.output_dir, folder)
+        trainer.save_model(path)
+        record["path"] = path
+        if trainer.state.is_world_process_zero:
+            summary = {k: v for k, v in record.items() if k not in ("answers", "verdicts")}
+            with open(os.path.join(path, SUMMARY_FILE), "w") as handle:
+                json.dump(summary, handle, indent=2)
+
+    # ------------------------------------------------------------------ helpers
+    def _tokenizer(self, trainer: Trainer, kwargs: dict[str, Any]) -> Any:
+        tokenizer = self.tokenizer or kwargs.get("processing_class") or getattr(trainer, "processing_class", None)
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor holds one
+        if tokenizer is None:
+            raise ValueError(
+                "SafetyMonitorCallback needs a tokenizer to generate answers and the trainer has none; pass "
+                "`SafetyMonitorCallback(..., tokenizer=tokenizer)`."
+            )
+        return tokenizer
+
+    def _announce(self, args: TrainingArguments, state: TrainerState, seconds: float | None) -> None:
+        if self._announced:
+            return
+        self._announced = True
+        if not state.is_world_process_zero:
+            return
+        n = len(self.prompts)
+        batches = -(-n // self.batch_size)
+        if self.every == "epoch":
+            planned = int(round(args.num_train_epochs)) if state.max_steps <= 0 else None
+            epochs = getattr(state, "num_train_epochs", None) or planned
+            when, count = "after each epoch", epochs
+        else:
+            when, count = f"every {self.every} steps", state.max_steps // self.every if state.max_steps > 0 else None
+        cost = (
+            f"{n} prompts in {batches} batch{'es' if batches != 1 else ''} of up to {self.batch_size}, "
+            f"up to {self.max_new_tokens} new tokens each ({batches * self.max_new_tokens} decoding steps at most), "
+            f"then {self.judge.describe()}"
+        )
+        timing = f"; the starting evaluation took {seconds:.1f} s" if seconds is not None else ""
+        total = ""
+        if count and seconds is not None:
+            total = f", about {count * seconds:.0f} s for the {count} planned evaluations"
+        print(f"slowed: safety monitor {when}: one evaluation = {cost}{timing}{total}.", file=sys.stderr)
