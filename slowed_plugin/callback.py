@@ -88,6 +88,7 @@ class SLowEDCallback(TrainerCallback):
         if self.config.masking:
             check_masking_compatible(trainer)
         if self.config.slow_tuning:
+            check_slow_tuning_compatible(trainer)
             self.tuner = SlowTuner(trainer.model, self.config.tau, self.config.tau_scope, self.config.reference_device)
         if self.config.masking:
             self._install_masked_loss(trainer)
@@ -317,6 +318,25 @@ def check_masking_compatible(trainer: Trainer) -> None:
     config = getattr(model, "config", None)
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError("SLowED's Low-Entropy Masking supports causal language models; this model is encoder-decoder.")
+
+
+def check_slow_tuning_compatible(trainer: Trainer) -> None:
+    """Refuse sharding engines whose parameters Slow Tuning cannot see whole."""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+        version = getattr(plugin, "fsdp_version", 1)
+        if version != 2:
+            raise ValueError(
+                f"Slow Tuning supports FSDP2 (DTensor parameters, gathered for the norm); got fsdp_version={version}, "
+                "whose flattened parameters hide each weight. Set `fsdp_version: 2` or `tau: null`."
+            )
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        stage = trainer.accelerator.state.deepspeed_plugin.zero_stage
+        if stage == 3:
+            raise ValueError(
+                "Slow Tuning under DeepSpeed ZeRO-3 is not supported yet: its partitioned weights need a gather "
+                "this package has not been tested with. Use ZeRO-2, FSDP2 (`fsdp_version: 2`), or `tau: null`."
+            )
 
 
 def _calling_trainer(callback: SLowEDCallback) -> Trainer | None:

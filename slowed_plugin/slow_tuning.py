@@ -38,10 +38,24 @@ class ProjectionReport:
     num_weights: int  # weights under Slow Tuning
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: FSDP2 shards parameters as DTensors, gathered through their own API."""
+    tensor = tensor.detach()
+    if _is_dtensor(tensor):
+        return tensor.full_tensor()
+    return tensor
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    dtensor = getattr(getattr(torch.distributed, "tensor", None), "DTensor", None)
+    return dtensor is not None and isinstance(tensor, dtensor)
+
+
 def lora_delta_norm(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
     """``||scaling · B @ A||_F`` in float32, from two r x r products."""
-    a = lora_a.detach().float().reshape(lora_a.shape[0], -1)
-    b = lora_b.detach().float().reshape(lora_b.shape[0], -1)
+    lora_a, lora_b = _full(lora_a), _full(lora_b)
+    a = lora_a.float().reshape(lora_a.shape[0], -1)
+    b = lora_b.float().reshape(lora_b.shape[0], -1)
     gram = ((b.T @ b) * (a @ a.T)).sum()
     # Rounding can leave a tiny negative value when ΔW is (nearly) zero.
     return gram.clamp_min(0).sqrt() * abs(scaling)
@@ -57,7 +71,7 @@ class _LoraWeight:
         return lora_delta_norm(self.lora_a, self.lora_b, self.scaling)
 
     def scale_(self, factor: float) -> None:
-        self.lora_b.mul_(factor)
+        self.lora_b.mul_(factor)  # elementwise: on FSDP shards too, with the same factor on every rank
 
 
 class _DenseWeight:
@@ -66,14 +80,16 @@ class _DenseWeight:
     def __init__(self, name: str, param: torch.Tensor, reference: torch.Tensor) -> None:
         self.name, self.param, self.reference = name, param, reference
 
-    def _delta(self) -> torch.Tensor:
-        return self.param.detach().float() - self.reference.to(self.param.device, torch.float32)
-
     def norm(self) -> torch.Tensor:
-        return torch.linalg.vector_norm(self._delta())
+        param = _full(self.param)
+        return torch.linalg.vector_norm(param.float() - self.reference.to(param.device, torch.float32))
 
     def scale_(self, factor: float) -> None:
         reference = self.reference.to(self.param.device, torch.float32)
+        if _is_dtensor(self.param):  # lay the reference out like the sharded parameter
+            from torch.distributed.tensor import distribute_tensor
+
+            reference = distribute_tensor(reference, self.param.device_mesh, self.param.placements)
         self.param.copy_(reference + factor * (self.param.detach().float() - reference))
 
 
@@ -150,8 +166,9 @@ class SlowTuner:
         if scope not in ("layer", "global"):
             raise ValueError(f"`tau_scope` must be one of layer, global; got {scope!r}.")
         self.tau, self.scope = float(tau), scope
+        self.model = model
         _check_supported_peft(model)
-        self.lora, owned = _lora_weights(model)
+        self._discover()
         if check_start:
             for weight in self.lora:
                 norm = float(weight.norm())
@@ -162,13 +179,22 @@ class SlowTuner:
                         f"||ΔW||_F = {norm:.3g} (init_lora_weights={init!r}). PiSSA, OLoRA, LoftQ, CorDA and "
                         "loaded adapters start elsewhere: use init_lora_weights=True or 'gaussian', or set `tau: null`."
                     )
-        self.dense = [
-            _DenseWeight(name, param, param.detach().to(_device(reference_device, param), copy=True))
-            for name, param in model.named_parameters()
-            if param.requires_grad and id(param) not in owned
-        ]
+        self.references = {w.name: _full(w.param).to(_device(reference_device, w.param), copy=True) for w in self.dense}
+        self._discover()
         if not self.lora and not self.dense:
             raise ValueError("Slow Tuning found no trainable weights in the model.")
+
+    def _discover(self) -> None:
+        """(Re)bind to the model's current parameters by name. Engines such as FSDP2 replace parameter
+        objects when they wrap the model, after this tuner was built; a stale reference would project
+        tensors that no longer train."""
+        self.lora, owned = _lora_weights(self.model)
+        references = getattr(self, "references", {})
+        self.dense = [
+            _DenseWeight(name, param, references.get(name))
+            for name, param in self.model.named_parameters()
+            if param.requires_grad and id(param) not in owned
+        ]
 
     @property
     def weights(self) -> list[_LoraWeight | _DenseWeight]:
@@ -177,6 +203,7 @@ class SlowTuner:
     @torch.no_grad()
     def norms(self) -> torch.Tensor:
         """``||ΔW||_F`` of every weight, float32, in the order of :attr:`weights`."""
+        self._discover()
         return torch.stack([w.norm().to("cpu") for w in self.weights])
 
     @torch.no_grad()
@@ -215,15 +242,15 @@ class SlowTuner:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The initial values of the dense weights (what a resumed run needs to project the same)."""
-        return {w.name: w.reference for w in self.dense}
+        return dict(self.references)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = {w.name for w in self.dense}
-        if set(state) != expected:
-            missing = sorted(expected - set(state))[:3]
+        if set(state) != set(self.references):
+            missing = sorted(set(self.references) - set(state))[:3]
             raise ValueError(f"Slow Tuning state does not match this model (missing e.g. {missing}).")
-        for weight in self.dense:
-            weight.reference = state[weight.name].to(weight.reference.device, weight.reference.dtype)
+        for name, reference in self.references.items():
+            self.references[name] = state[name].to(reference.device, reference.dtype)
+        self._discover()
 
 
 def _device(reference_device: str, param: torch.Tensor) -> torch.device:

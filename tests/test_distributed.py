@@ -43,3 +43,22 @@ def test_two_ranks_match_one_process(llama_dir, cot_rows, tmp_path):
 
     assert fraction(ranks[0]) == pytest.approx(fraction(single), rel=1e-9)
     assert any(e.get("slowed/layers_projected", 0) > 0 for e in ranks[0]["logs"])
+
+
+@pytest.mark.slow
+def test_slow_tuning_on_fsdp2_shards_matches_unsharded(llama_dir, tmp_path):
+    # The Trainer does not run FSDP on CPU, so this drives torch's own FSDP2 (`fully_shard`, DTensor
+    # parameters, gloo) directly: the tuner is built before sharding, as under accelerate.
+    _run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
+        + [os.path.join(HERE, "fsdp_slow_tuning.py"), llama_dir, str(tmp_path)]
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for kind in ("lora", "full"):
+        run = ranks[0][kind]
+        assert run["sharded"] > 0  # the trainable parameters really were DTensor shards
+        assert run["projected"] > 0 and float(run["before"].max()) > 0.5
+        assert torch.all(run["after"] <= 0.5 * (1 + 1e-5))
+        for name, value in run["state"].items():
+            assert torch.equal(value, ranks[1][kind]["state"][name]), name  # same on every rank
+            torch.testing.assert_close(value, run["reference"][name], rtol=0, atol=1e-6)  # = unsharded
