@@ -77,6 +77,10 @@ class SLowEDCallback(TrainerCallback):
         # counts of candidates and dropped targets, sum and count of per-scope thresholds
         self._mask_sums = torch.zeros(4, dtype=torch.float64)
         self._last_projection: dict[str, float] = {}
+        # Guards that masking really trains (another component may compute the loss instead).
+        self._loss_func_at_attach: Any = None
+        self._masked_loss_ran = False
+        self._verified = not self.config.masking
 
     # ------------------------------------------------------------------ attaching
     def attach(self, trainer: Trainer) -> None:
@@ -95,6 +99,7 @@ class SLowEDCallback(TrainerCallback):
             self._install_step_count(trainer)
         self._install_log(trainer)
         self.trainer = trainer
+        self._loss_func_at_attach = trainer.compute_loss_func
         if self.config.safety_monitor:
             from .monitor import SafetyMonitorCallback
 
@@ -117,9 +122,23 @@ class SLowEDCallback(TrainerCallback):
             self.attach(trainer)
         if self.tuner is not None and self.tuner.dense and state.global_step > 0:
             self._load_reference(args, state)
+        if self.config.masking and self.trainer.compute_loss_func is not self._loss_func_at_attach:
+            raise RuntimeError(
+                "SLowED: the trainer's `compute_loss_func` was replaced after SLowED attached "
+                f"(now {self.trainer.compute_loss_func!r}), so its loss would train unmasked. Install that loss "
+                "before the trainer is built, or set `mask_ratio: 0`."
+            )
 
     # ------------------------------------------------------------------ Slow Tuning
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if not self._verified:
+            if not self._masked_loss_ran:
+                raise RuntimeError(
+                    "SLowED: Low-Entropy Masking did not run in the first optimizer step: something else computes "
+                    f"the training loss ({type(self.trainer).__name__}.compute_loss or a fused loss kernel). Remove "
+                    "that component, or set `mask_ratio: 0`."
+                )
+            self._verified = True
         every = self.config.project_every
         last = state.max_steps > 0 and state.global_step >= state.max_steps
         if self.tuner is not None and (last or (every != "epoch" and state.global_step % every == 0)):
@@ -168,10 +187,24 @@ class SLowEDCallback(TrainerCallback):
         if trainer.compute_loss_func is not None:
             # Compose with a custom loss: hand it the masked labels instead of replacing it.
             inner = trainer.compute_loss_func
+            compute_loss = trainer.compute_loss
+            packed: dict[str, Any] = {}
+
+            # compute_loss_func never sees the inputs: keep the packed layout for the `sequence` scope.
+            def compute_loss_with_positions(model, inputs, *args, **kwargs):
+                packed["position_ids"] = inputs.get("position_ids")
+                try:
+                    return compute_loss(model, inputs, *args, **kwargs)
+                finally:
+                    packed.clear()
+
+            trainer.compute_loss = compute_loss_with_positions
 
             def compute_loss_func(outputs, labels, num_items_in_batch=None, **kwargs):
                 if outputs.logits is not None and trainer.model.training:
-                    masked, stats = mask_low_entropy_targets(outputs.logits, labels, cfg.mask_ratio, cfg.mask_scope)
+                    masked, stats = mask_low_entropy_targets(
+                        outputs.logits, labels, cfg.mask_ratio, cfg.mask_scope, position_ids=packed.get("position_ids")
+                    )
                     self._record(stats)
                     labels = torch.nn.functional.pad(masked, (1, 0), value=-100)
                 return inner(outputs, labels, num_items_in_batch=num_items_in_batch, **kwargs)
@@ -222,7 +255,11 @@ class SLowEDCallback(TrainerCallback):
                 num_correct_tokens=correct,
             )
 
-        forward.__signature__ = inspect.signature(previous)
+        # `previous` is bound: re-add `self`, so that once the wrapper is bound its signature still starts with
+        # `input_ids` (Trainer._remove_unused_columns keeps only the columns that `forward` names).
+        signature = inspect.signature(previous)
+        owner = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        forward.__signature__ = signature.replace(parameters=[owner, *signature.parameters.values()])
         target.forward = types.MethodType(forward, target)
 
     def _install_step_count(self, trainer: Trainer) -> None:
@@ -261,6 +298,7 @@ class SLowEDCallback(TrainerCallback):
     def _record(self, stats) -> None:
         if stats is None:
             return
+        self._masked_loss_ran = True
         values = torch.stack([stats.candidates, stats.dropped, stats.threshold_sum, stats.threshold_count])
         self._mask_sums += values.detach().to("cpu", torch.float64)
 
@@ -331,12 +369,12 @@ def check_slow_tuning_compatible(trainer: Trainer) -> None:
                 "whose flattened parameters hide each weight. Set `fsdp_version: 2` or `tau: null`."
             )
     if getattr(trainer, "is_deepspeed_enabled", False):
-        stage = trainer.accelerator.state.deepspeed_plugin.zero_stage
-        if stage == 3:
-            raise ValueError(
-                "Slow Tuning under DeepSpeed ZeRO-3 is not supported yet: its partitioned weights need a gather "
-                "this package has not been tested with. Use ZeRO-2, FSDP2 (`fsdp_version: 2`), or `tau: null`."
-            )
+        # Every ZeRO stage copies its fp32 master weights back over the model's after each step, which would undo
+        # an in-place projection of the model's weights.
+        raise ValueError(
+            "Slow Tuning does not support DeepSpeed: ZeRO keeps fp32 master weights that overwrite the projected "
+            "ones after every step. Use DDP or FSDP2 (`fsdp_version: 2`), or set `tau: null`."
+        )
 
 
 def _calling_trainer(callback: SLowEDCallback) -> Trainer | None:

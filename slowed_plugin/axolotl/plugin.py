@@ -1,0 +1,79 @@
+"""``SLowEDPlugin``: SLowED in any Axolotl recipe with two additions.
+
+    plugins:
+      - slowed_plugin.SLowEDPlugin
+    slowed: [10.0, 0.2]        # or {tau: 10.0, mask_ratio: 0.2, ...}
+
+The only glue is one additive hook, ``add_callbacks_post_trainer``: it attaches
+:class:`~slowed_plugin.SLowEDCallback` to the trainer Axolotl built (whatever its class) and hands
+the callback back to Axolotl, which registers it. No trainer class, collator or loss function is
+replaced, so other plugins compose: a ``compute_loss_func`` installed before is wrapped, not dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from axolotl.integrations.base import BasePlugin
+from axolotl.utils.logging import get_logger
+
+from ..callback import SLowEDCallback
+from ..config import SLowEDConfig
+from . import PLUGIN_NAME
+from .compat import incompatibilities
+
+# Axolotl's console shows INFO only from loggers named `axolotl*`; the startup line must reach it.
+LOG = get_logger("axolotl.integrations.slowed")
+
+
+def _listed(cfg: Any) -> bool:
+    """Whether ``cfg``'s ``plugins:`` names this plugin (Axolotl's plugin manager is a process-wide singleton)."""
+    return any(isinstance(name, str) and name.rsplit(".", 1)[-1] == "SLowEDPlugin" for name in cfg.get("plugins") or ())
+
+
+def slowed_config(cfg: Any) -> SLowEDConfig | None:
+    """The SLowED settings of an Axolotl config, or None when ``slowed:`` is absent or the plugin is not listed."""
+    if not _listed(cfg) or cfg.get("slowed") is None:
+        return None
+    return SLowEDConfig.from_value(cfg.get("slowed"), key="slowed")
+
+
+class SLowEDPlugin(BasePlugin):
+    """Slow Tuning + Low-Entropy Masking (arXiv 2508.09666) for Axolotl; settings under the ``slowed:`` key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callback: SLowEDCallback | None = None
+
+    def get_input_args(self) -> str:
+        return "slowed_plugin.axolotl.args.SLowEDArgs"
+
+    def register(self, cfg: dict) -> None:
+        if _listed(cfg) and cfg.get("slowed") is None:
+            LOG.warning(
+                f"{PLUGIN_NAME} is listed in `plugins:` but the config sets no `slowed:` key, so training runs "
+                "WITHOUT SLowED. Add e.g. `slowed: [10.0, 0.2]`; `slowed check RECIPE.yaml` checks a recipe."
+            )
+
+    def add_callbacks_post_trainer(self, cfg, trainer) -> list:
+        config = slowed_config(cfg)
+        if config is None:
+            return []
+        if not (config.active or getattr(config, "safety_monitor", None)):
+            LOG.info(f"{config.describe()} (`slowed:` turns both off; the trainer is left unchanged)")
+            return []
+        problems = incompatibilities(cfg, config)
+        if problems:  # a config that reached training without Axolotl's validation
+            raise ValueError(problems[0])
+        callback = SLowEDCallback(config)
+        callback.attach(trainer)
+        self.callback = callback
+        LOG.info(config.describe())
+        return [callback]
+
+    def post_train(self, cfg, model) -> None:
+        # Axolotl calls post_train twice (after the loop and after saving); report once per run.
+        callback, self.callback = self.callback, None
+        if callback is not None and callback.tuner is not None:
+            largest = float(callback.tuner.norms().max())
+            LOG.info(f"SLowED: trained weights satisfy max ||ΔW||_F = {largest:.6g} <= tau = {callback.tuner.tau:g}")

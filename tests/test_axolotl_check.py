@@ -1,0 +1,155 @@
+"""``slowed check RECIPE.yaml`` and ``axolotl slowed-check RECIPE.yaml``: the user's safety net against a
+recipe that silently trains without SLowED."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+PLUGIN = "slowed_plugin.SLowEDPlugin"
+RECIPE = {
+    "base_model": "meta-llama/Llama-3.2-1B-Instruct",
+    "datasets": [{"path": "data/cot.jsonl", "ds_type": "json", "type": "alpaca"}],
+    "sequence_len": 512,
+    "adapter": "lora",
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_target_linear": True,
+    "micro_batch_size": 1,
+    "num_epochs": 1,
+    "learning_rate": 1e-4,
+    "output_dir": "./outputs/test",
+    "plugins": [PLUGIN],
+    "slowed": [10.0, 0.2],
+}
+
+
+def _write(tmp_path, recipe: dict, name: str = "recipe.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return str(path)
+
+
+def _check(tmp_path, recipe: dict) -> tuple[int, str]:
+    from slowed_plugin.axolotl.check import check_recipes
+
+    out = io.StringIO()
+    status = check_recipes([_write(tmp_path, recipe)], stream=out)
+    return status, out.getvalue()
+
+
+def _variant(**changes) -> dict:
+    recipe = {**RECIPE, **changes}
+    return {k: v for k, v in recipe.items() if v is not ...}
+
+
+def test_a_recipe_with_plugin_and_key_passes_and_prints_the_resolved_settings(tmp_path):
+    status, out = _check(tmp_path, RECIPE)
+    assert status == 0, out
+    assert "SLowED: Slow Tuning tau=10 (layer, every epoch); Low-Entropy Masking mask_ratio=0.2 (scope sequence)" in out
+    assert "slowed: {tau: 10.0, mask_ratio: 0.2, mask_scope: sequence, project_every: epoch" in out
+    assert "valid for Axolotl" in out and "`slowed` kept after validation" in out
+    assert out.rstrip().endswith("OK: SLowED will be active")
+
+
+FAILURES = {
+    "plugin missing": (
+        _variant(plugins=...),
+        ["`slowed:` is set but no `plugins:` entry loads", f"plugins: [{PLUGIN}]"],
+    ),
+    "plugin class misspelled": (
+        _variant(plugins=["slowed_plugin.SlowedPlugin"]),
+        ["`slowed_plugin.SlowedPlugin` cannot be loaded", f"Did you mean `{PLUGIN}`?"],
+    ),
+    "plugin module misspelled": (
+        _variant(plugins=["slowed_plugins.SLowEDPlugin"]),
+        ["No module named 'slowed_plugins'", "Axolotl logs this and trains without it", f"Did you mean `{PLUGIN}`?"],
+    ),
+    "plugin module not importable": (
+        _variant(plugins=["slowed_plugin.axolotl.missing_module.SLowEDPlugin"]),
+        ["cannot be loaded (ModuleNotFoundError", "trains without it"],
+    ),
+    "plugin listed without key": (
+        _variant(slowed=...),
+        [f"`plugins:` lists {PLUGIN} but the recipe has no `slowed:` key"],
+    ),
+    "key misspelled": (
+        _variant(slowed=..., slowd=[10.0, 0.2]),
+        ["no `slowed:` key", "`slowd:` is not a key Axolotl knows"],
+    ),
+    "key empty": (_variant(slowed=None), ["`slowed:` is empty (null)"]),
+    "invalid value": (_variant(slowed=[10.0, 1.0]), ["`slowed.mask_ratio` must be a number with 0 <= mask_ratio < 1"]),
+    "cross-key rule": (_variant(peft_use_dora=True), ["cannot bound DoRA"]),
+    "axolotl rejects the rest": (_variant(adapter="qlora"), ["rejects the config", "load_in_4bit"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_each_way_a_recipe_would_lose_slowed_exits_non_zero(tmp_path, case):
+    recipe, fragments = FAILURES[case]
+    status, out = _check(tmp_path, recipe)
+    assert status == 1, out
+    assert "FAILED:" in out
+    for fragment in fragments:
+        assert fragment in out, (fragment, out)
+
+
+def test_recipes_without_slowed_or_with_both_mechanisms_off_pass(tmp_path):
+    status, out = _check(tmp_path, _variant(plugins=..., slowed=...))
+    assert status == 0 and "does not use SLowED" in out, out
+    status, out = _check(tmp_path, _variant(slowed={"tau": None, "mask_ratio": 0}))
+    assert status == 0 and "both mechanisms are off" in out, out
+
+
+def test_a_failing_recipe_among_several_fails_the_command(tmp_path):
+    from slowed_plugin.axolotl.check import check_recipes
+
+    good = _write(tmp_path, RECIPE, "good.yaml")
+    bad = _write(tmp_path, _variant(plugins=...), "bad.yaml")
+    assert check_recipes([good], stream=io.StringIO()) == 0
+    assert check_recipes([good, bad], stream=io.StringIO()) == 1
+
+
+def test_unreadable_or_non_mapping_yaml_fails(tmp_path):
+    from slowed_plugin.axolotl.check import check_recipes
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("plugins: [unclosed\n")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    for path in (broken, listed, tmp_path / "missing.yaml"):
+        assert check_recipes([str(path)], stream=io.StringIO()) == 1
+
+
+def test_slowed_check_command_line(tmp_path):
+    from slowed_plugin.cli import main
+
+    assert main(["check", _write(tmp_path, RECIPE)]) == 0
+    assert main(["check", _write(tmp_path, _variant(plugins=...), "bad.yaml")]) == 1
+
+
+def test_axolotl_slowed_check_through_the_cli_commands_entry_point(tmp_path):
+    from axolotl.cli.main import cli
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    good = runner.invoke(cli, ["slowed-check", _write(tmp_path, RECIPE)])
+    assert good.exit_code == 0, good.output
+    assert "OK: SLowED will be active" in good.output
+    bad = runner.invoke(cli, ["slowed-check", _write(tmp_path, _variant(slowed=...), "bad.yaml")])
+    assert bad.exit_code == 1, bad.output
+    assert "no `slowed:` key" in bad.output
+
+
+def test_axolotl_lists_the_command_without_importing_it():
+    code = (
+        "from importlib.metadata import entry_points;"
+        "eps = {e.name: e.value for e in entry_points(group='axolotl.cli_commands')};"
+        "assert eps.get('slowed-check') == 'slowed_plugin.axolotl.cli:slowed_check', eps;"
+        "import click, slowed_plugin.axolotl.cli as m; assert isinstance(m.slowed_check, click.Command)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
