@@ -62,18 +62,8 @@ def build_model(
     from transformers import AutoModelForCausalLM, BloomConfig, LlamaConfig, Qwen2Config
 
     common = dict(vocab_size=vocab_size, bos_token_id=2, eos_token_id=3, pad_token_id=0, tie_word_embeddings=False)
-    if family == "llama":
-        config = LlamaConfig(
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            **common,
-        )
-    elif family == "qwen2":
-        config = Qwen2Config(
+    if family in ("llama", "qwen2"):
+        config = (LlamaConfig if family == "llama" else Qwen2Config)(
             hidden_size=hidden,
             intermediate_size=2 * hidden,
             num_hidden_layers=layers,
