@@ -29,8 +29,10 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from .chunked_loss import chunked_masked_causal_lm_loss, lm_head_parameters
 from .config import SLowEDConfig
-from .masking import kept_token_count, mask_low_entropy_targets, masked_causal_lm_loss
+from .fused_loss import fused_masked_causal_lm_loss, warmup
+from .masking import kept_token_count, mask_low_entropy_targets
 from .slow_tuning import SlowTuner
 
 logger = logging.getLogger("slowed_plugin")
@@ -80,7 +82,7 @@ class SLowEDCallback(TrainerCallback):
         # Guards that masking really trains (another component may compute the loss instead).
         self._loss_func_at_attach: Any = None
         self._masked_loss_ran = False
-        self._verified = not self.config.masking
+        self._verified = not online_masking(self.config)
 
     # ------------------------------------------------------------------ attaching
     def attach(self, trainer: Trainer) -> None:
@@ -89,14 +91,17 @@ class SLowEDCallback(TrainerCallback):
             return
         if self.trainer is not None:
             raise ValueError("This SLowEDCallback is already attached to another trainer; create one per trainer.")
-        if self.config.masking:
+        online = online_masking(self.config)
+        if online:
             check_masking_compatible(trainer)
         if self.config.slow_tuning:
             check_slow_tuning_compatible(trainer)
             self.tuner = SlowTuner(trainer.model, self.config.tau, self.config.tau_scope, self.config.reference_device)
-        if self.config.masking:
+        if online:
             self._install_masked_loss(trainer)
             self._install_step_count(trainer)
+        elif self.config.masking:
+            self._apply_reference_mask(trainer)
         self._install_log(trainer)
         self.trainer = trainer
         self._loss_func_at_attach = trainer.compute_loss_func
@@ -120,9 +125,11 @@ class SLowEDCallback(TrainerCallback):
             if trainer is None:
                 raise RuntimeError("SLowEDCallback could not find its trainer; call `callback.attach(trainer)`.")
             self.attach(trainer)
+        if online_masking(self.config):
+            self._warmup_kernels(args)
         if self.tuner is not None and self.tuner.dense and state.global_step > 0:
             self._load_reference(args, state)
-        if self.config.masking and self.trainer.compute_loss_func is not self._loss_func_at_attach:
+        if online_masking(self.config) and self.trainer.compute_loss_func is not self._loss_func_at_attach:
             raise RuntimeError(
                 "SLowED: the trainer's `compute_loss_func` was replaced after SLowED attached "
                 f"(now {self.trainer.compute_loss_func!r}), so its loss would train unmasked. Install that loss "
@@ -215,26 +222,60 @@ class SLowEDCallback(TrainerCallback):
         model = trainer.model
         target = model.get_base_model() if hasattr(model, "get_base_model") else model
         previous = target.forward
-        router_coef = getattr(target.config, "router_aux_loss_coef", 0.0)
+        config = target.config
+        router_coef = getattr(config, "router_aux_loss_coef", 0.0)
         callback = self
+        # Chunked from hidden states (no full logits, as TRL's default) for a decoder + linear head;
+        # MoE (router aux loss), VLMs and a PEFT-wrapped or quantised lm_head take the fused loss on logits.
+        backbone, head = getattr(target, "base_model", None), target.get_output_embeddings()
+        chunked = (
+            getattr(trainer.args, "loss_type", None) != "nll"  # TRL's "nll" reads the logits for its metrics
+            and backbone is not None
+            and backbone is not target
+            and head is not None
+            and not getattr(config, "output_router_logits", False)
+            and getattr(config, "text_config", None) is None
+        )
+        if chunked:
+            try:
+                lm_head_parameters(head)
+            except ValueError:
+                chunked = False
+        logit_scale = float(getattr(config, "logit_scale", None) or 1.0)
+        softcap = getattr(config, "final_logit_softcapping", None)
 
         def forward(self_model, *args, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
             if not self_model.training or (labels is None and shift_labels is None):
                 passed = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
                 return previous(*args, **kwargs, **{k: v for k, v in passed.items() if v is not None})
-            # No labels: the model (or TRL's chunked forward, which then falls back) returns logits.
-            outputs = previous(*args, **kwargs)
-            logits = outputs.logits
+            common = dict(
+                num_items_in_batch=num_items_in_batch,
+                position_ids=kwargs.get("position_ids"),
+                shift_labels=shift_labels,
+            )
             try:
-                loss, stats = masked_causal_lm_loss(
-                    logits,
-                    labels,
-                    cfg.mask_ratio,
-                    cfg.mask_scope,
-                    num_items_in_batch=num_items_in_batch,
-                    position_ids=kwargs.get("position_ids"),
-                    shift_labels=shift_labels,
-                )
+                if chunked and not kwargs.get("output_router_logits"):
+                    kwargs.pop("use_cache", None)
+                    kwargs.pop("logits_to_keep", None)
+                    outputs = backbone(*args, use_cache=False, **kwargs)
+                    logits = None
+                    loss, stats, extra = chunked_masked_causal_lm_loss(
+                        outputs.last_hidden_state,
+                        head,
+                        labels,
+                        cfg.mask_ratio,
+                        cfg.mask_scope,
+                        **common,
+                        logit_scale=logit_scale,
+                        final_logit_softcapping=softcap,
+                    )
+                else:
+                    # No labels: the model (or TRL's chunked forward, which then falls back) returns logits.
+                    outputs = previous(*args, **kwargs)
+                    logits = outputs.logits
+                    loss, stats, extra = fused_masked_causal_lm_loss(
+                        logits, labels, cfg.mask_ratio, cfg.mask_scope, **common, return_extra=True
+                    )
             except FloatingPointError as err:  # stop before the optimizer writes NaN into the weights
                 step = callback.trainer.state.global_step + 1 if callback.trainer is not None else "?"
                 raise FloatingPointError(f"{err} (optimizer step {step}); the weights were not updated.") from None
@@ -243,17 +284,8 @@ class SLowEDCallback(TrainerCallback):
             callback._record(stats)
             # TRL's chunked_nll metrics read these fields instead of logits. They must be declared fields:
             # accelerate's fp32 output conversion rebuilds the output from its keys.
-            with torch.no_grad():
-                targets = shift_labels if shift_labels is not None else labels[..., 1:]
-                scored = logits if shift_labels is not None else logits[:, :-1]
-                correct = ((scored.argmax(-1) == targets) & (targets != -100)).sum().float()
             kept = {k: v for k, v in outputs.items() if k in _OUTPUT_FIELDS}
-            return SLowEDCausalLMOutput(
-                **{**kept, "loss": loss},
-                num_valid_tokens=stats.candidates,
-                entropy_sum=stats.entropy_sum,
-                num_correct_tokens=correct,
-            )
+            return SLowEDCausalLMOutput(**{**kept, "loss": loss, "logits": logits}, **extra)
 
         # `previous` is bound: re-add `self`, so that once the wrapper is bound its signature still starts with
         # `input_ids` (Trainer._remove_unused_columns keeps only the columns that `forward` names).
@@ -261,6 +293,37 @@ class SLowEDCallback(TrainerCallback):
         owner = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
         forward.__signature__ = signature.replace(parameters=[owner, *signature.parameters.values()])
         target.forward = types.MethodType(forward, target)
+
+    def _warmup_kernels(self, args: TrainingArguments) -> None:
+        """Compile the fused loss kernels (or load them from inductor's on-disk cache) before the
+        first step, for every dtype the loss will see, so that no training step pays for it."""
+        model = self.trainer.model
+        param = next(model.parameters())
+        dtypes = {param.dtype}
+        if args.bf16:
+            dtypes.add(torch.bfloat16)
+        if args.fp16:
+            dtypes.add(torch.float16)
+        weight = getattr(model.get_output_embeddings(), "weight", None)
+        if weight is None:
+            return
+        seconds = warmup(weight.shape[0], tuple(dtypes), param.device)
+        if seconds > 1:
+            logger.info("SLowED: fused loss kernels ready in %.1f s (compiled once per process).", seconds)
+
+    def _apply_reference_mask(self, trainer: Trainer) -> None:
+        """`entropy_source: reference`: mask the training set once with the initial model's entropies."""
+        from .reference_mask import apply_reference_mask
+
+        dataset = trainer.train_dataset
+        if not (hasattr(dataset, "map") and hasattr(dataset, "__len__") and "input_ids" in dataset.column_names):
+            raise ValueError(
+                "`entropy_source: reference` needs a tokenized map-style `datasets.Dataset` (with `input_ids`) as "
+                f"train_dataset, got {type(dataset).__name__}. Use `entropy_source: online` for streaming datasets."
+            )
+        trainer.train_dataset = apply_reference_mask(
+            trainer.model, dataset, self.config.mask_ratio, self.config.mask_scope
+        )
 
     def _install_step_count(self, trainer: Trainer) -> None:
         """Make ``num_items_in_batch`` of each optimizer step the count of *kept* targets."""
@@ -397,3 +460,8 @@ def _reduce_device() -> torch.device:
     if backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def online_masking(config: SLowEDConfig) -> bool:
+    """Whether masking runs in the training step (`online`), not once on the dataset (`reference`)."""
+    return config.masking and config.entropy_source == "online"

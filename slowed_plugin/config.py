@@ -88,6 +88,17 @@ class SLowEDConfig:
             "changes together is bounded by tau, and all of them are scaled by the same factor."
         },
     )
+    entropy_source: Literal["online", "reference"] = field(
+        default="online",
+        metadata={
+            "help": "Whose entropies choose the masked tokens. `online` (default, as in the paper): the "
+            "model being trained, at every step, so the mask follows the model as it learns. "
+            "`reference`: the initial model (adapters disabled), once before training; the mask is "
+            "written into the dataset's labels as -100, so any loss backend trains on it at no "
+            "per-step cost, but tokens that become confident during training stay in the loss. "
+            "`reference` masks each example on its own (`mask_scope: sequence`)."
+        },
+    )
     reference_device: Literal["cpu", "model"] = field(
         default="cpu",
         metadata={
@@ -113,6 +124,12 @@ class SLowEDConfig:
         _check_mask_ratio(self.mask_ratio)
         _check_choice("mask_scope", self.mask_scope, _MASK_SCOPES)
         _check_choice("tau_scope", self.tau_scope, _TAU_SCOPES)
+        _check_choice("entropy_source", self.entropy_source, ("online", "reference"))
+        if self.entropy_source == "reference" and self.mask_scope != "sequence":
+            raise SLowEDConfigError(
+                "`entropy_source: reference` masks each example before batches exist, so it needs "
+                f"`mask_scope: sequence`; got `mask_scope: {self.mask_scope}`."
+            )
         _check_choice("reference_device", self.reference_device, _REFERENCE_DEVICES)
         _check_project_every(self.project_every)
         if self.safety_monitor is not None:

@@ -1,0 +1,622 @@
+"""SLowED against the stock loss paths, measured side by side on this machine.
+
+    python benchmarks/bench.py            # the full run (a few minutes on 2 cores)
+    python benchmarks/bench.py --quick    # smaller shapes and fewer repetitions, under two minutes
+
+(a) loss forward+backward on the same logits: SLowED's fused loss (and the reference
+    ``masked_causal_lm_loss``) vs transformers' ``ForCausalLMLoss``; 2,048 tokens x 151,936
+    vocabulary (Qwen2.5), bf16, ``mask_ratio=0.2`` (``--quick``: 1,024 tokens). Time: median of
+    repetitions interleaved in one process, after a warm-up round. Memory: peak RSS above the
+    baseline during one forward+backward (VmHWM reset through /proc/self/clear_refs), with glibc's
+    mmap threshold fixed so that every freed buffer leaves RSS at once.
+(b) one training step of a tiny Qwen2-shaped model with the real vocabulary, LoRA r=16 (LoRA as
+    in the paper): stock ``SFTTrainer`` (default ``chunked_nll``, and ``loss_type="nll"``) vs
+    ``SFTTrainer`` + ``SLowEDCallback(tau=10, mask_ratio=0.2)``, as the callback is today
+    ("current": full logits + reference loss) and with the proposed fast path ("proposed": the
+    chunked loss from hidden states; "proposed_nll": the fused loss on logits, which TRL's "nll"
+    metrics need), installed on that callback instance exactly as the patch in
+    docs/performance.md does. Every run is a fresh fork of one process that imported everything
+    (runs alternate between variants, twice in the full run); step time is the median of the
+    steps after the warm-up step(s); peak RSS is the fork's high-water mark (VmHWM).
+(c) a Slow Tuning pass over Llama-3-8B-shaped LoRA adapters (r=64, 32 layers x 7 projections, A
+    and B only, float32): ``lora_delta_norm`` for every adapter and the in-place rescale of B, vs
+    materialising every ``ΔW = s·B@A`` to take its norm.
+
+The last line reads ``ratios loss_time=X loss_mem=X step_time=X step_rss=X slow_tuning_s=X``:
+fused / ForCausalLMLoss, proposed / stock default, and the seconds of one Slow Tuning pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 151_936
+MASK_RATIO = 0.2
+
+# Child processes: no hub, no telemetry, and freed buffers go back to the OS at once (a fixed mmap
+# threshold), so that the RSS high-water mark measures what a call really holds.
+CHILD_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "MALLOC_TRIM_THRESHOLD_": "0",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+# --------------------------------------------------------------------------- memory helpers
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_mib() -> float:
+    return _status_kib("VmRSS") / 1024
+
+
+def peak_rss_mib() -> float:
+    return _status_kib("VmHWM") / 1024
+
+
+def reset_peak() -> None:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+# --------------------------------------------------------------------------- (a) loss
+def _loss_inputs(tokens: int):
+    import torch
+
+    torch.manual_seed(0)
+    # Logits of a trained-looking model: a few confident rows, most spread out.
+    logits = torch.randn(1, tokens, VOCAB, dtype=torch.bfloat16)
+    logits[0, ::7] *= 6
+    labels = torch.randint(0, VOCAB, (1, tokens))
+    return logits.requires_grad_(True), labels
+
+
+def _loss_methods():
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from slowed_plugin.fused_loss import fused_masked_causal_lm_loss
+    from slowed_plugin.masking import masked_causal_lm_loss
+
+    def stock(logits, labels):
+        return ForCausalLMLoss(logits, labels, VOCAB)
+
+    def fused(logits, labels):
+        return fused_masked_causal_lm_loss(logits, labels, MASK_RATIO, "sequence")[0]
+
+    def reference(logits, labels):
+        return masked_causal_lm_loss(logits, labels, MASK_RATIO, "sequence")[0]
+
+    return {"stock": stock, "fused": fused, "reference": reference}
+
+
+def worker_loss(tokens: int, reps: int, methods: list[str]) -> dict:
+    """Times (interleaved rounds, the first one a warm-up), then each method's peak extra RSS.
+
+    With a fixed mmap threshold every large buffer is unmapped when freed, so RSS is back at its
+    baseline after each call and the methods can be measured one after the other in one process.
+    """
+    import gc
+
+    import torch
+
+    from slowed_plugin.fused_loss import KERNELS, warmup
+
+    compile_s = warmup(VOCAB, (torch.bfloat16,))
+    logits, labels = _loss_inputs(tokens)
+    fns = _loss_methods()
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for rep in range(reps + 1):
+        for name in methods:
+            start = time.perf_counter()
+            fns[name](logits, labels).backward()
+            elapsed = time.perf_counter() - start
+            logits.grad = None
+            if rep:
+                times[name].append(elapsed)
+    memory = {}
+    for name in methods:
+        gc.collect()
+        base = rss_mib()
+        reset_peak()
+        fns[name](logits, labels).backward()
+        memory[name] = peak_rss_mib() - base
+        logits.grad = None
+    return {
+        "times": times,
+        "peak_extra_mib": memory,
+        "logits_mib": logits.numel() * 2 / 2**20,
+        "compile_s": compile_s,
+        "compiled": KERNELS.failed is None,
+    }
+
+
+# --------------------------------------------------------------------------- (b) training step
+def proposed_install_masked_loss(self, trainer) -> None:
+    """`SLowEDCallback._install_masked_loss` as proposed in docs/performance.md (the patch's new body)."""
+    import inspect
+    import types
+
+    import torch
+
+    from slowed_plugin.callback import _OUTPUT_FIELDS, SLowEDCausalLMOutput
+    from slowed_plugin.chunked_loss import chunked_masked_causal_lm_loss, lm_head_parameters
+    from slowed_plugin.fused_loss import fused_masked_causal_lm_loss
+    from slowed_plugin.masking import mask_low_entropy_targets
+
+    cfg = self.config
+    if trainer.compute_loss_func is not None:
+        # Compose with a custom loss: hand it the masked labels instead of replacing it.
+        inner = trainer.compute_loss_func
+
+        def compute_loss_func(outputs, labels, num_items_in_batch=None, **kwargs):
+            if outputs.logits is not None and trainer.model.training:
+                masked, stats = mask_low_entropy_targets(outputs.logits, labels, cfg.mask_ratio, cfg.mask_scope)
+                self._record(stats)
+                labels = torch.nn.functional.pad(masked, (1, 0), value=-100)
+            return inner(outputs, labels, num_items_in_batch=num_items_in_batch, **kwargs)
+
+        trainer.compute_loss_func = compute_loss_func
+        return
+
+    model = trainer.model
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    previous = target.forward
+    config = target.config
+    router_coef = getattr(config, "router_aux_loss_coef", 0.0)
+    callback = self
+    # Chunked from hidden states (no full logits, as TRL's default) for a decoder + linear head;
+    # MoE (router aux loss), VLMs and a PEFT-wrapped or quantised lm_head take the fused loss on logits.
+    backbone, head = getattr(target, "base_model", None), target.get_output_embeddings()
+    chunked = (
+        getattr(trainer.args, "loss_type", None) != "nll"  # TRL's "nll" reads the logits for its metrics
+        and backbone is not None
+        and backbone is not target
+        and head is not None
+        and not getattr(config, "output_router_logits", False)
+        and getattr(config, "text_config", None) is None
+    )
+    if chunked:
+        try:
+            lm_head_parameters(head)
+        except ValueError:
+            chunked = False
+    logit_scale = float(getattr(config, "logit_scale", None) or 1.0)
+    softcap = getattr(config, "final_logit_softcapping", None)
+
+    def forward(self_model, *args, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        if not self_model.training or (labels is None and shift_labels is None):
+            passed = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
+            return previous(*args, **kwargs, **{k: v for k, v in passed.items() if v is not None})
+        common = dict(
+            num_items_in_batch=num_items_in_batch, position_ids=kwargs.get("position_ids"), shift_labels=shift_labels
+        )
+        try:
+            if chunked and not kwargs.get("output_router_logits"):
+                kwargs.pop("use_cache", None)
+                kwargs.pop("logits_to_keep", None)
+                outputs = backbone(*args, use_cache=False, **kwargs)
+                logits = None
+                loss, stats, extra = chunked_masked_causal_lm_loss(
+                    outputs.last_hidden_state,
+                    head,
+                    labels,
+                    cfg.mask_ratio,
+                    cfg.mask_scope,
+                    **common,
+                    logit_scale=logit_scale,
+                    final_logit_softcapping=softcap,
+                )
+            else:
+                # No labels: the model (or TRL's chunked forward, which then falls back) returns logits.
+                outputs = previous(*args, **kwargs)
+                logits = outputs.logits
+                loss, stats, extra = fused_masked_causal_lm_loss(
+                    logits, labels, cfg.mask_ratio, cfg.mask_scope, **common, return_extra=True
+                )
+        except FloatingPointError as err:  # stop before the optimizer writes NaN into the weights
+            step = callback.trainer.state.global_step + 1 if callback.trainer is not None else "?"
+            raise FloatingPointError(f"{err} (optimizer step {step}); the weights were not updated.") from None
+        if getattr(outputs, "aux_loss", None) is not None and router_coef:
+            loss = loss + router_coef * outputs.aux_loss.to(loss.device)
+        callback._record(stats)
+        # TRL's chunked_nll metrics read these fields instead of logits. They must be declared fields:
+        # accelerate's fp32 output conversion rebuilds the output from its keys.
+        kept = {k: v for k, v in outputs.items() if k in _OUTPUT_FIELDS}
+        return SLowEDCausalLMOutput(**{**kept, "loss": loss, "logits": logits}, **extra)
+
+    # `previous` is bound: re-add `self`, so that once the wrapper is bound its signature still starts with
+    # `input_ids` (Trainer._remove_unused_columns keeps only the columns that `forward` names).
+    signature = inspect.signature(previous)
+    owner = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    forward.__signature__ = signature.replace(parameters=[owner, *signature.parameters.values()])
+    target.forward = types.MethodType(forward, target)
+
+
+def proposed_warmup(self, args) -> None:
+    """What the proposed `SLowEDCallback.on_train_begin` adds: compile the fused kernels (or load
+    them from inductor's cache) before the first step, for the dtypes the loss will see."""
+    import torch
+
+    from slowed_plugin.fused_loss import warmup
+
+    model = self.trainer.model
+    param = next(model.parameters())
+    dtypes = {param.dtype}
+    if args.bf16:
+        dtypes.add(torch.bfloat16)
+    if args.fp16:
+        dtypes.add(torch.float16)
+    warmup(model.get_output_embeddings().weight.shape[0], tuple(dtypes), param.device)
+
+
+def _slowed_callback(proposed: bool):
+    """A SLowEDCallback; with ``proposed``, this instance (only) takes the proposed fast path."""
+    import types
+
+    from slowed_plugin import SLowEDCallback
+
+    callback = SLowEDCallback(tau=10.0, mask_ratio=MASK_RATIO)
+    if proposed:
+        callback._install_masked_loss = types.MethodType(proposed_install_masked_loss, callback)
+        original = callback.on_train_begin
+
+        def on_train_begin(args, state, control, **kwargs):
+            result = original(args, state, control, **kwargs)
+            if callback.config.masking:
+                proposed_warmup(callback, args)
+            return result
+
+        callback.on_train_begin = on_train_begin
+    return callback
+
+
+def run_variant(variant: str, steps: int, batch: int, length: int) -> dict:
+    """One SFTTrainer run of ``variant``; called in a fresh fork of the step worker."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from slowed_plugin.tiny import build_model, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(["a b c d e f g"])
+    model = build_model("qwen2", VOCAB, hidden=64, layers=2, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(steps * batch):
+        ids = torch.randint(4, VOCAB, (length,), generator=generator).tolist()
+        prompt = length // 4  # completion-only loss: the prompt quarter is ignored
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    slowed = variant in ("current", "proposed", "proposed_nll")
+    callbacks = [_slowed_callback(variant.startswith("proposed"))] if slowed else []
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append(time.perf_counter())
+
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(
+            output_dir=tempfile.mkdtemp(prefix="slowed-bench-"),
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            learning_rate=1e-4,
+            logging_steps=steps,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            bf16=False,
+            seed=0,
+            dataloader_num_workers=0,
+            loss_type="nll" if variant.endswith("nll") else "chunked_nll",
+            max_length=None,
+            disable_tqdm=True,
+        ),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"]
+        ),
+        callbacks=[*callbacks, Clock()],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - start
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return {
+        "step_times": [marks[i + 1] - marks[i] for i in range(0, len(marks) - 1, 2)],
+        "train_s": total,
+        "peak_rss_mib": peak_rss_mib(),
+        "loss": losses[-1] if losses else None,
+    }
+
+
+def worker_steps(variants: list[str], rounds: int, steps: int, batch: int, length: int) -> dict:
+    """Import once, then run every variant in its own fork, alternating ``rounds`` times.
+
+    A fork starts from the same imported state (its RSS high-water mark is reset at the fork), so
+    peak RSS compares like a fresh process per variant, without paying the imports each time; the
+    alternation spreads the machine's background load over all variants alike.
+    """
+    import multiprocessing
+
+    import datasets  # noqa: F401 - imported before forking, like the rest
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+    from trl import SFTTrainer  # noqa: F401
+
+    import slowed_plugin.callback  # noqa: F401
+    import slowed_plugin.chunked_loss  # noqa: F401
+
+    context = multiprocessing.get_context("fork")
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+
+    def child(connection, variant):
+        try:
+            reset_peak()
+            connection.send(run_variant(variant, steps, batch, length))
+        except BaseException as err:  # noqa: BLE001 - report any failure to the parent
+            connection.send({"error": f"{type(err).__name__}: {err}"})
+        finally:
+            connection.close()
+
+    for _ in range(rounds):
+        for variant in variants:
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=child, args=(sender, variant))
+            process.start()
+            sender.close()
+            result = receiver.recv()
+            process.join()
+            if "error" in result:
+                raise RuntimeError(f"variant {variant}: {result['error']}")
+            results[variant].append(result)
+    return results
+
+
+# --------------------------------------------------------------------------- (c) Slow Tuning
+LLAMA3_8B = {  # (in_features, out_features) of each projection
+    "q_proj": (4096, 4096),
+    "k_proj": (4096, 1024),
+    "v_proj": (4096, 1024),
+    "o_proj": (4096, 4096),
+    "gate_proj": (4096, 14336),
+    "up_proj": (4096, 14336),
+    "down_proj": (14336, 4096),
+}
+
+
+def worker_slow_tuning(reps: int, dense_layers: int) -> dict:
+    import torch
+
+    from slowed_plugin.slow_tuning import lora_delta_norm
+
+    torch.manual_seed(0)
+    rank, alpha, tau, layers = 64, 128, 1.0, 32
+    scaling = alpha / rank
+    adapters = []
+    for _ in range(layers):
+        for fan_in, fan_out in LLAMA3_8B.values():
+            a = torch.empty(rank, fan_in).uniform_(-(fan_in**-0.5), fan_in**-0.5)
+            b = torch.randn(fan_out, rank) * 1e-3  # a trained B: ΔW != 0
+            adapters.append((a, b))
+    saved = [b.clone() for _, b in adapters]
+    params = sum(a.numel() + b.numel() for a, b in adapters)
+
+    def slow_tuning_pass() -> tuple[float, int]:
+        # SlowTuner.project, layer scope: every norm from the r x r Gram identity, then B *= tau/||ΔW||.
+        norms = torch.stack([lora_delta_norm(a, b, scaling) for a, b in adapters])
+        projected = 0
+        for (_, b), norm in zip(adapters, norms.tolist(), strict=True):
+            if norm > tau * (1 + 1e-6):
+                b.mul_(tau / norm)
+                projected += 1
+        return float(norms.max()), projected
+
+    def timed(threads: int) -> list[float]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        times = []
+        try:
+            for _ in range(reps + 1):
+                for (_, b), original in zip(adapters, saved, strict=True):
+                    b.copy_(original)
+                start = time.perf_counter()
+                result = slow_tuning_pass()
+                times.append(time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(previous)
+        return times[1:], result
+
+    # Default threads (what a user gets), then one thread: 448 small GEMMs, each an OpenMP region,
+    # suffer badly from spin-waiting when other processes hold the cores.
+    times, (max_norm, projected) = timed(torch.get_num_threads())
+    times_one, _ = timed(1)
+
+    # Materialising ΔW, for `dense_layers` layers, extrapolated to all 32.
+    count = dense_layers * len(LLAMA3_8B)
+    pairs = [(a, b) for (a, _), b in zip(adapters[:count], saved[:count], strict=True)]
+    start = time.perf_counter()
+    check = [float(torch.linalg.vector_norm(scaling * (b @ a))) for a, b in pairs]
+    dense = (time.perf_counter() - start) * layers / dense_layers
+    # Accuracy against float64: the Gram identity in float32, and the materialised ΔW in float32.
+    truth = [
+        float(((b.double().T @ b.double()) * (a.double() @ a.double().T)).sum().sqrt() * scaling) for a, b in pairs
+    ]
+    gram = [float(lora_delta_norm(a, b, scaling)) for a, b in pairs]
+    rel_gram = max(abs(x - y) / y for x, y in zip(gram, truth, strict=True))
+    rel_dense = max(abs(x - y) / y for x, y in zip(check, truth, strict=True))
+    return {
+        "times": times,
+        "times_one_thread": times_one,
+        "dense_s": dense,
+        "dense_layers": dense_layers,
+        "max_norm": max_norm,
+        "projected": projected,
+        "adapter_params": params,
+        "rel_err_gram": rel_gram,
+        "rel_err_dense": rel_dense,
+    }
+
+
+# --------------------------------------------------------------------------- orchestration
+def run_worker(name: str, **kwargs) -> dict:
+    env = {**os.environ, **CHILD_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--args", json.dumps(kwargs)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not result:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-5000:])
+        raise RuntimeError(f"benchmark worker {name} {kwargs} failed (exit {done.returncode})")
+    return json.loads(result[-1][len("RESULT ") :])
+
+
+def machine() -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}, load average at start {load:.1f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repetitions (< 2 minutes)")
+    parser.add_argument("--only", default="abc", help="which parts to run, e.g. 'a' or 'bc'")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    if opts.worker:
+        workers = {
+            "loss": worker_loss,
+            "steps": worker_steps,
+            "slow_tuning": worker_slow_tuning,
+        }
+        print("RESULT " + json.dumps(workers[opts.worker](**json.loads(opts.args))), flush=True)
+        return 0
+
+    quick = opts.quick
+    started = time.perf_counter()
+    print(f"machine: {machine()}")
+    print(f"command: python benchmarks/bench.py{' --quick' if quick else ''}")
+    ratios = {"loss_time": float("nan"), "loss_mem": float("nan"), "step_time": float("nan"), "step_rss": float("nan")}
+    ratios["slow_tuning_s"] = float("nan")
+    med = statistics.median
+
+    if "a" in opts.only:
+        tokens = 1024 if quick else 2048
+        methods = ["stock", "fused"] if quick else ["stock", "fused", "reference"]
+        timing = run_worker("loss", tokens=tokens, reps=2 if quick else 5, methods=methods)
+        mem = timing["peak_extra_mib"]
+        t = {m: med(v) for m, v in timing["times"].items()}
+        print(f"\n(a) loss forward+backward, {tokens} tokens x {VOCAB} vocab, bf16, mask_ratio={MASK_RATIO}")
+        print(
+            f"    kernels compiled: {timing['compiled']}, warm-up (compile or cache load) {timing['compile_s']:.1f} s"
+        )
+        print(f"    {'method':<34}{'time s':>9}{'x stock':>9}{'peak extra MiB':>16}{'x stock':>9}")
+        names = {
+            "stock": "ForCausalLMLoss (transformers)",
+            "fused": "SLowED fused_masked_causal_lm_loss",
+            "reference": "SLowED masked_causal_lm_loss (ref)",
+        }
+        for m in methods:
+            print(
+                f"    {names[m]:<34}{t[m]:>9.3f}{t[m] / t['stock']:>9.2f}{mem[m]:>16.0f}{mem[m] / mem['stock']:>9.2f}"
+            )
+        ratios["loss_time"] = t["fused"] / t["stock"]
+        ratios["loss_mem"] = mem["fused"] / mem["stock"]
+
+    if "b" in opts.only:
+        steps, batch, length, warm = (3, 1, 512, 1) if quick else (7, 2, 512, 2)
+        variants = ["default", "proposed"] if quick else ["default", "nll", "current", "proposed", "proposed_nll"]
+        rounds = 1 if quick else 2
+        runs = run_worker("steps", variants=variants, rounds=rounds, steps=steps, batch=batch, length=length)
+        print(
+            f"\n(b) SFTTrainer step, tiny Qwen2 (hidden 64, 2 layers, vocab {VOCAB}), LoRA r=16, "
+            f"batch {batch} x {length} tokens (first quarter prompt), {steps} steps, median after {warm} warm-up step(s)"
+        )
+        print(f"    {'variant':<46}{'step s':>8}{'x default':>11}{'peak RSS MiB':>14}{'x default':>11}")
+        labels = {
+            "default": "stock SFTTrainer (chunked_nll)",
+            "nll": 'stock SFTTrainer loss_type="nll"',
+            "current": "SLowED callback today (full logits)",
+            "proposed": "SLowED proposed (chunked from hidden states)",
+            "proposed_nll": 'SLowED proposed, loss_type="nll" (fused)',
+        }
+        step = {v: med([t for r in rs for t in r["step_times"][warm:]]) for v, rs in runs.items()}
+        rss = {v: med([r["peak_rss_mib"] for r in rs]) for v, rs in runs.items()}
+        for v in variants:
+            print(
+                f"    {labels[v]:<46}{step[v]:>8.3f}{step[v] / step['default']:>11.2f}"
+                f"{rss[v]:>14.0f}{rss[v] / rss['default']:>11.2f}"
+            )
+        first = {v: med([r["step_times"][0] for r in runs[v]]) for v in variants}
+        print("    first step s: " + ", ".join(f"{v} {first[v]:.2f}" for v in variants))
+        ratios["step_time"] = step["proposed"] / step["default"]
+        ratios["step_rss"] = rss["proposed"] / rss["default"]
+
+    if "c" in opts.only:
+        st = run_worker("slow_tuning", reps=3 if quick else 7, dense_layers=1 if quick else 4)
+        s = med(st["times"])
+        print(
+            f"\n(c) Slow Tuning pass, Llama-3-8B-shaped LoRA r=64, 32 layers x 7 projections "
+            f"({st['adapter_params'] / 1e6:.0f}M adapter parameters, float32)"
+        )
+        one = med(st["times_one_thread"])
+        print(
+            f"    Gram identity (lora_delta_norm + rescale of B): {s:.3f} s (median, default threads), "
+            f"{one:.3f} s on 1 thread; {st['projected']} projected"
+        )
+        print(
+            f"    materialising every ΔW: {st['dense_s']:.1f} s (measured on {st['dense_layers']} layer(s), x "
+            f"{32 // st['dense_layers']}), {st['dense_s'] / s:.0f}x slower"
+        )
+        print(
+            f"    largest relative error of the norm against float64: Gram identity {st['rel_err_gram']:.1e}, "
+            f"materialised ΔW {st['rel_err_dense']:.1e}"
+        )
+        ratios["slow_tuning_s"] = s
+
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    print("ratios " + " ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Low-Entropy Masking from hidden states: the logits are never materialised beyond one chunk.
+
+For trainers that skip the full logits (TRL's default ``chunked_nll``, Liger's fused linear
+cross-entropy, Axolotl's cut-cross-entropy), :func:`chunked_masked_causal_lm_loss` computes the
+masked loss from the decoder's last hidden states and the output projection ``lm_head``:
+
+1. pass 1, without gradient, over the candidate rows (targets not ``-100``) in chunks of
+   ``chunk_size``: ``logits = lm_head(h)`` (then ``logit_scale`` and ``final_logit_softcapping``
+   as the model applies them), and from them, in one fused kernel, each row's logsumexp, entropy,
+   target logit and argmax hit (:mod:`slowed_plugin.fused_loss`). The cross-entropy of a row is
+   ``lse - z_y``, so the forward needs no second product;
+2. the mask: :func:`slowed_plugin.masking.select_low_entropy` on those entropies (the reference
+   selection, ties and scopes included);
+3. backward, for the kept rows only, in chunks: recompute the chunk's logits, turn them in place
+   into ``(softmax - onehot) * w``, and multiply back into the hidden states' and (when trainable)
+   the projection's gradients. Masked targets never reach the projection in the backward.
+
+Cost, in products with the (V x H) projection per token: ``N`` candidates in pass 1 and ``3K`` (or
+``2K`` with a frozen ``lm_head``, as under LoRA) for the ``K`` kept rows, against ``4N`` (``3N``)
+for TRL's gradient-checkpointed ``chunked_nll``. Extra memory: one chunk of logits (``chunk_size``
+x V in the hidden states' dtype) at a time, plus the gradients themselves.
+
+A projection that is not a plain weight (a PEFT adapter on ``lm_head``, a quantised head) is refused
+with an error that says what to do; the logits path (:mod:`slowed_plugin.fused_loss`) serves those.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fused_loss import KERNELS, check_finite, check_targets, normalise, select_mask
+from .masking import IGNORE_INDEX, MaskStats, shifted_targets
+
+# Rows of logits per chunk, as TRL's chunked_nll (_CHUNKED_LM_HEAD_CHUNK_SIZE).
+DEFAULT_CHUNK_SIZE = 256
+
+
+def lm_head_parameters(lm_head: nn.Module | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight, bias)`` of an output projection, or ``ValueError`` when it is not a plain linear map."""
+    if isinstance(lm_head, torch.Tensor):
+        weight, bias = lm_head, None
+    else:
+        try:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+        except ImportError:  # pragma: no cover - peft is a dependency
+            BaseTunerLayer = ()  # noqa: N806
+        if BaseTunerLayer and isinstance(lm_head, BaseTunerLayer):
+            raise ValueError(
+                "SLowED's chunked loss reads the output projection's weight directly, so it cannot train a PEFT "
+                "adapter on `lm_head` (e.g. `target_modules='all-linear'` or one that lists `lm_head`). Remove "
+                "`lm_head` from `target_modules` (use `modules_to_save=['lm_head']` to train it fully), or compute "
+                "the loss on logits with `fused_masked_causal_lm_loss`."
+            )
+        # A PEFT ModulesToSaveWrapper resolves `.weight` to its active copy, as TRL relies on too.
+        weight, bias = getattr(lm_head, "weight", None), getattr(lm_head, "bias", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(
+            f"SLowED's chunked loss needs an `lm_head` with a floating-point (vocab, hidden) weight; got "
+            f"{type(lm_head).__name__} with weight {getattr(weight, 'dtype', None)} "
+            f"{tuple(getattr(weight, 'shape', ()))}. Quantised heads need the loss on logits "
+            "(`fused_masked_causal_lm_loss`)."
+        )
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        bias = None
+    return weight, bias
+
+
+def _project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # Autocast off: pass 1 and the backward's recomputation must see the same logits, in the hidden
+    # states' dtype (callers cast the weight once, outside their loops).
+    with torch.autocast(h.device.type, enabled=False):
+        return torch.nn.functional.linear(h, weight, None if bias is None else bias.to(h.dtype))
+
+
+@torch.no_grad()
+def head_row_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    logit_scale: float = 1.0,
+    final_logit_softcapping: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 1 over the rows ``rows`` of ``hidden`` (N, H) (all rows if None), whose targets (R,)
+    are token ids: per row, in float32, the logsumexp, entropy and target logit, and whether the
+    target is the argmax. Only one chunk of logits exists at a time."""
+    count = hidden.shape[0] if rows is None else rows.numel()
+    f32 = dict(dtype=torch.float32, device=hidden.device)
+    lse, entropy, target_logit = torch.empty(count, **f32), torch.empty(count, **f32), torch.empty(count, **f32)
+    hit = torch.empty(count, dtype=torch.bool, device=hidden.device)
+    weight = weight.to(hidden.dtype)
+    for start in range(0, count, chunk_size):
+        part = slice(start, start + chunk_size)
+        h = hidden[part] if rows is None else hidden.index_select(0, rows[part])
+        logits = _project(h, weight, bias)
+        lse[part], entropy[part], target_logit[part], hit[part] = KERNELS.stats(
+            logits, targets[part], logit_scale, final_logit_softcapping
+        )
+        del logits
+    return lse, entropy, target_logit, hit
+
+
+class _KeptRowsCE(torch.autograd.Function):
+    """Cross-entropy of the kept rows (already known from pass 1); the backward recomputes their logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, rows, targets, lse, ce, chunk_size, logit_scale, softcap):
+        ctx.save_for_backward(hidden, weight, bias, rows, targets, lse)
+        ctx.settings = (chunk_size, logit_scale, softcap)
+        return ce.clone()
+
+    @staticmethod
+    def backward(ctx, grad_ce):
+        hidden, weight, bias, rows, targets, lse = ctx.saved_tensors
+        chunk_size, logit_scale, softcap = ctx.settings
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_ce = grad_ce.float()
+        grad_hidden = torch.zeros_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_bias else None
+        weight_c = weight.to(hidden.dtype)
+        for start in range(0, rows.numel(), chunk_size):
+            part = slice(start, start + chunk_size)
+            idx = rows[part]
+            h = hidden.index_select(0, idx)
+            g = _project(h, weight_c, bias)
+            # In place: the chunk's logits become d loss / d logits in the same buffer.
+            KERNELS.grad_into(g, lse[part], targets[part], grad_ce[part], g, logit_scale, softcap)
+            if need_hidden:
+                grad_hidden.index_copy_(0, idx, g @ weight_c)
+            if need_weight:
+                # Accumulated in the weight's dtype, one rounding per chunk (as TRL's chunked_nll).
+                grad_weight.addmm_(g.t().to(weight.dtype), h.to(weight.dtype))
+            if need_bias:
+                grad_bias += g.sum(0, dtype=torch.float32)
+            del g, h
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
+
+
+def chunked_masked_causal_lm_loss(
+    hidden_states: torch.Tensor,
+    lm_head: nn.Module | torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str = "sequence",
+    num_items_in_batch: torch.Tensor | int | None = None,
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    logit_scale: float = 1.0,
+    final_logit_softcapping: float | None = None,
+) -> tuple[torch.Tensor, MaskStats | None, dict[str, torch.Tensor]]:
+    """Masked causal-LM loss from hidden states (B, T, H) and ``lm_head``: ``(loss, stats, extra)``.
+
+    The loss, its gradient and ``stats`` are those of
+    :func:`slowed_plugin.masking.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
+    (scaled and soft-capped as given): same labels conventions, same mask, same division by
+    ``num_items_in_batch`` (clamped to >= 1) or by the kept count, and a zero loss connected to
+    every input when a micro-batch keeps nothing and no ``num_items_in_batch`` is given.
+    ``mask_ratio=0`` keeps every target (stats ``None``, as the reference), but it is computed
+    in chunks, so it equals ``ForCausalLMLoss`` up to rounding rather than bit for bit.
+
+    ``extra`` holds what TRL's ``chunked_nll`` metrics read: ``num_valid_tokens`` (candidates),
+    ``entropy_sum`` and ``num_correct_tokens`` (argmax == target), over candidates, as tensors.
+    """
+    if hidden_states.dim() != 3:
+        raise ValueError(f"`hidden_states` must be (batch, seq, hidden); got shape {tuple(hidden_states.shape)}.")
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive number of rows; got {chunk_size!r}.")
+    weight, bias = lm_head_parameters(lm_head)
+    batch, width, size = hidden_states.shape
+    if weight.shape[1] != size:
+        raise ValueError(f"`lm_head` weight of shape {tuple(weight.shape)} does not take hidden states of size {size}.")
+    vocab = weight.shape[0]
+    targets, drop_last = shifted_targets(labels, shift_labels)
+    if targets.shape != (batch, width - drop_last):
+        raise ValueError(
+            f"labels of shape {tuple(targets.shape)} do not match hidden states of shape {tuple(hidden_states.shape)}."
+        )
+    targets = targets.to(hidden_states.device)
+    check_targets(targets, vocab)
+
+    full = torch.nn.functional.pad(targets, (0, drop_last), value=IGNORE_INDEX) if drop_last else targets
+    flat_targets = full.reshape(-1)
+    hidden = hidden_states.reshape(-1, size)
+    rows = (flat_targets != IGNORE_INDEX).nonzero().squeeze(1)
+    row_targets = flat_targets[rows]
+
+    # Pass 1, no gradient: every candidate's entropy, logsumexp, target logit and argmax hit.
+    lse, entropy_c, target_logit, hit = head_row_stats(
+        hidden.detach(),
+        weight.detach(),
+        None if bias is None else bias.detach(),
+        row_targets,
+        rows,
+        chunk_size,
+        logit_scale,
+        final_logit_softcapping,
+    )
+    entropy = torch.zeros(batch * width, dtype=torch.float32, device=hidden.device)
+    entropy[rows] = entropy_c
+    entropy = entropy.view(batch, width)[:, : width - drop_last]
+    if mask_ratio == 0:
+        stats = None
+        candidates = targets != IGNORE_INDEX
+        check_finite(entropy, candidates)
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        entropy_sum = entropy_c.sum()
+    else:
+        candidates, dropped, stats = select_mask(entropy, targets, mask_ratio, scope, position_ids, drop_last == 1)
+        dropped_full = torch.nn.functional.pad(dropped, (0, drop_last), value=False) if drop_last else dropped
+        keep = ~dropped_full.reshape(-1)[rows]
+        entropy_sum = stats.entropy_sum
+    extra = {
+        "num_valid_tokens": candidates.sum(),
+        "entropy_sum": entropy_sum,
+        "num_correct_tokens": hit.sum().float(),
+    }
+
+    kept_count = keep.sum()
+    if num_items_in_batch is None and int(kept_count) == 0:
+        # Nothing to learn: a zero loss that still reaches every input (DDP/FSDP expect every grad).
+        loss = hidden_states.sum() * 0.0 + weight.sum() * 0.0
+        if bias is not None:
+            loss = loss + bias.sum() * 0.0
+        return loss.float(), stats, extra
+
+    kept_rows = rows[keep]
+    ce = _KeptRowsCE.apply(
+        hidden,
+        weight,
+        bias,
+        kept_rows,
+        row_targets[keep],
+        lse[keep],
+        (lse - target_logit)[keep],
+        chunk_size,
+        float(logit_scale),
+        final_logit_softcapping,
+    )
+    loss = normalise(ce.sum(), kept_count, num_items_in_batch)
+    return loss, stats, extra
+
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "chunked_masked_causal_lm_loss", "head_row_stats", "lm_head_parameters"]

@@ -1,0 +1,382 @@
+"""Low-Entropy Masking on logits in one fused pass: entropy and cross-entropy share one logsumexp.
+
+:func:`fused_masked_causal_lm_loss` is a drop-in replacement for
+:func:`slowed_plugin.masking.masked_causal_lm_loss` (same arguments, same loss, same gradient, same
+:class:`~slowed_plugin.masking.MaskStats`), built for large vocabularies:
+
+- forward: one pass over the logits, in chunks of rows, gives per row ``lse = logsumexp(z)``, the
+  entropy ``H = lse - sum softmax(z) * z`` (both in float32), the target logit ``z_y`` and whether
+  the target is the argmax. The cross-entropy of a row is ``lse - z_y``: no ``log_softmax`` tensor,
+  and no float32 copy of bf16/fp16 logits (only one chunk of rows is ever upcast);
+- the mask is chosen by :func:`slowed_plugin.masking.select_low_entropy` (the same code as the
+  reference, so the same tokens are dropped, ties included);
+- backward: ``(softmax(z) - onehot(y)) * w`` for kept rows (``w`` = the loss weight of the row),
+  written straight into the gradient in the logits' dtype; masked, ignored and padding rows get
+  exact zeros without being read.
+
+The per-chunk kernels are plain torch functions run through ``torch.compile`` (C++/OpenMP on CPU,
+Triton on GPU). If compiling fails (no C++ compiler, no Triton, an unsupported platform), the same
+functions run eagerly; the fallback is chosen automatically on first use and logged once.
+``SLOWED_COMPILE=0`` forces the eager kernels. Compiling costs seconds on the first call, so a
+trainer should call :func:`warmup` before its first timed step (the compiled code is also kept by
+inductor's on-disk cache, so later processes load it instead of compiling again).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .masking import (
+    IGNORE_INDEX,
+    MaskStats,
+    masked_causal_lm_loss,
+    select_low_entropy,
+    shifted_targets,
+    target_segments,
+)
+
+logger = logging.getLogger("slowed_plugin")
+
+# Logit elements per chunk of rows (~8M: 64 rows of a 151,936 vocabulary, 256 rows of 32,000).
+_CHUNK_ELEMENTS = 1 << 23
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk: a power of two near ``_CHUNK_ELEMENTS / vocab_size``, within [16, 4096]."""
+    rows = 2 ** round(math.log2(max(_CHUNK_ELEMENTS / max(vocab_size, 1), 1)))
+    return int(min(max(rows, 16), 4096))
+
+
+# --------------------------------------------------------------------------- kernels
+def _row_stats(
+    z: torch.Tensor, y: torch.Tensor, scale: float, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``z`` (rows, V): logsumexp, entropy, target logit (float32) and argmax == target.
+
+    ``scale`` and ``softcap`` are applied first (``softcap * tanh(scale * z / softcap)``), as the
+    model would; the chunked path needs them, the logits path passes 1.0 and None.
+    """
+    x = z.float()
+    if scale != 1.0:
+        x = x * scale
+    if softcap is not None:
+        x = softcap * torch.tanh(x / softcap)
+    m = x.amax(dim=-1, keepdim=True)
+    e = torch.exp(x - m)
+    s = e.sum(dim=-1)
+    lse = m.squeeze(-1) + torch.log(s)
+    entropy = lse - (e * x).sum(dim=-1) / s
+    target_logit = x.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    hit = x.argmax(dim=-1) == y
+    return lse, entropy, target_logit, hit
+
+
+def _row_grad_into(
+    z: torch.Tensor,
+    lse: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    out: torch.Tensor,
+    scale: float,
+    softcap: float | None,
+) -> None:
+    """``out = d(sum_r w_r * CE_r) / dz`` for the rows of ``z``; rows with ``w == 0`` get 0.
+
+    ``out`` may be ``z`` itself (the chunked path overwrites its recomputed logits).
+    """
+    x = z.float()
+    if scale != 1.0:
+        x = x * scale
+    if softcap is not None:
+        t = torch.tanh(x / softcap)
+        x = softcap * t
+    p = torch.exp(x - lse.unsqueeze(-1))
+    vocab = torch.arange(z.shape[-1], device=z.device)
+    weight = w.unsqueeze(-1)
+    g = (p - (vocab.unsqueeze(0) == y.unsqueeze(-1)).to(p.dtype)) * weight
+    if softcap is not None:
+        g = g * (1.0 - t * t)
+    if scale != 1.0:
+        g = g * scale
+    # where, not multiply: a row outside the loss may hold inf/NaN logits and must still get 0.
+    out.copy_(torch.where(weight != 0, g, torch.zeros_like(g)))
+
+
+class _Kernels:
+    """The two per-chunk kernels, compiled on first use, with an automatic eager fallback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._compiled: dict[str, Callable[..., Any]] | None = None
+        self.failed: str | None = None  # why compiling was abandoned, if it was
+
+    @property
+    def enabled(self) -> bool:
+        return os.environ.get("SLOWED_COMPILE", "1") != "0" and self.failed is None
+
+    def _get(self) -> dict[str, Callable[..., Any]]:
+        with self._lock:
+            if self._compiled is None:
+                # dynamic=True: one graph serves every chunk height, vocabulary and scale, so a
+                # trailing partial chunk or a new model does not trigger a recompile.
+                self._compiled = {
+                    "stats": torch.compile(_row_stats, dynamic=True),
+                    "grad": torch.compile(_row_grad_into, dynamic=True),
+                }
+            return self._compiled
+
+    def _call(self, name: str, eager: Callable[..., Any], *args: Any) -> Any:
+        if not self.enabled:
+            return eager(*args)
+        try:
+            return self._get()[name](*args)
+        except Exception as err:  # noqa: BLE001 - a compiler failure of any kind means: run eagerly
+            # The eager kernel raises too when the inputs themselves are wrong; only a compiler
+            # failure switches the process to the eager kernels.
+            result = eager(*args)
+            self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            logger.warning(
+                "SLowED: torch.compile is unavailable for the fused loss kernels (%s); using the eager "
+                "kernels (same results, slower). Set SLOWED_COMPILE=0 to skip the attempt.",
+                self.failed,
+            )
+            return result
+
+    def stats(self, z, y, scale=1.0, softcap=None):
+        return self._call("stats", _row_stats, z, y, float(scale), _softcap(softcap))
+
+    def grad_into(self, z, lse, y, w, out, scale=1.0, softcap=None) -> None:
+        self._call("grad", _row_grad_into, z, lse, y, w, out, float(scale), _softcap(softcap))
+
+
+def _softcap(value: float | None) -> float | None:
+    return None if value is None or value == 0 else float(value)
+
+
+KERNELS = _Kernels()
+
+
+def warmup(
+    vocab_size: int,
+    dtypes: tuple[torch.dtype, ...] = (torch.float32,),
+    device: torch.device | str = "cpu",
+    logit_scale: float = 1.0,
+    final_logit_softcapping: float | None = None,
+) -> float:
+    """Compile (or load from inductor's cache) the kernels for these logits, so that the first
+    training step does not pay for it. Returns the seconds spent; a no-op under eager kernels."""
+    import time
+
+    start = time.perf_counter()
+    if not KERNELS.enabled:
+        return 0.0
+    for dtype in dtypes:
+        # Three rows: sizes 0 and 1 are specialised by dynamo, anything larger shares one graph.
+        z = torch.zeros(3, vocab_size, dtype=dtype, device=device)
+        y = torch.zeros(3, dtype=torch.long, device=device)
+        lse, _, _, _ = KERNELS.stats(z, y, logit_scale, final_logit_softcapping)
+        KERNELS.grad_into(z, lse, y, torch.ones(3, device=device), z, logit_scale, final_logit_softcapping)
+        if not KERNELS.enabled:
+            break
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- fused pass
+def _chunk_flags(rows_mask: torch.Tensor, chunk: int) -> list[bool]:
+    """Whether each chunk of ``rows_mask`` holds a True row (one host sync for all chunks)."""
+    n = rows_mask.numel()
+    pad = (-n) % chunk
+    padded = torch.nn.functional.pad(rows_mask, (0, pad)) if pad else rows_mask
+    return padded.reshape(-1, chunk).any(dim=1).tolist()
+
+
+class _FusedEntropyCE(torch.autograd.Function):
+    """Per row of 2-D logits: cross-entropy (differentiable), entropy and argmax hit (not).
+
+    Only rows in ``active`` are computed; the others read 0. The backward reads the logits again,
+    only for the rows whose cross-entropy received a non-zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, active: torch.Tensor, chunk: int):
+        n = logits.shape[0]
+        f32 = dict(dtype=torch.float32, device=logits.device)
+        lse = torch.zeros(n, **f32)
+        entropy = torch.zeros(n, **f32)
+        target_logit = torch.zeros(n, **f32)
+        hit = torch.zeros(n, dtype=torch.bool, device=logits.device)
+        safe = targets.clamp_min(0)
+        for i, busy in enumerate(_chunk_flags(active, chunk)):
+            if busy:
+                rows = slice(i * chunk, (i + 1) * chunk)
+                lse[rows], entropy[rows], target_logit[rows], hit[rows] = KERNELS.stats(logits[rows], safe[rows])
+        ce = torch.where(active, lse - target_logit, torch.zeros_like(lse))
+        hit &= active
+        ctx.save_for_backward(logits, lse, safe)
+        ctx.chunk = chunk
+        ctx.mark_non_differentiable(entropy, hit)
+        return ce, entropy, hit
+
+    @staticmethod
+    def backward(ctx, grad_ce: torch.Tensor, _grad_entropy, _grad_hit):
+        logits, lse, safe = ctx.saved_tensors
+        chunk = ctx.chunk
+        grad_ce = grad_ce.float()
+        grad = torch.empty_like(logits)
+        for i, busy in enumerate(_chunk_flags(grad_ce != 0, chunk)):
+            rows = slice(i * chunk, (i + 1) * chunk)
+            if busy:
+                KERNELS.grad_into(logits[rows], lse[rows], safe[rows], grad_ce[rows], grad[rows])
+            else:
+                grad[rows].zero_()
+        return grad, None, None, None
+
+
+# --------------------------------------------------------------------------- shared helpers
+def mask_stats(
+    entropy: torch.Tensor, candidates: torch.Tensor, dropped: torch.Tensor, segments: torch.Tensor
+) -> MaskStats:
+    """:class:`MaskStats` exactly as :func:`slowed_plugin.masking.mask_low_entropy_targets` builds them."""
+    _, inverse = torch.unique(segments.reshape(-1), return_inverse=True)
+    flat = entropy.reshape(-1)
+    dropped_entropy = torch.where(dropped.reshape(-1), flat, torch.full_like(flat, -1.0))
+    per_scope = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), -1.0, device=entropy.device)
+    per_scope = per_scope.scatter_reduce(0, inverse, dropped_entropy, reduce="amax")
+    return MaskStats(
+        candidates=candidates.sum(),
+        dropped=dropped.sum(),
+        threshold_sum=per_scope.clamp_min(0).sum(),
+        threshold_count=(per_scope >= 0).sum(),
+        entropy_sum=entropy[candidates].sum(),
+    )
+
+
+def check_finite(entropy: torch.Tensor, candidates: torch.Tensor) -> None:
+    if not torch.isfinite(entropy[candidates]).all():
+        raise FloatingPointError("SLowED: the model produced NaN or inf logits on a training target.")
+
+
+def check_targets(targets: torch.Tensor, vocab_size: int) -> None:
+    bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))
+    if bad.any():
+        value = int(targets[bad][0])
+        raise ValueError(
+            f"SLowED: label {value} is outside the vocabulary [0, {vocab_size}); labels must be token ids or -100."
+        )
+
+
+def normalise(total: torch.Tensor, kept_count: torch.Tensor, num_items_in_batch: torch.Tensor | int | None):
+    """``total`` divided as ``ForCausalLMLoss`` divides: by the kept count (mean), or by
+    ``num_items_in_batch`` clamped to at least 1 (as :func:`masked_causal_lm_loss` clamps it)."""
+    if num_items_in_batch is None:
+        return total / kept_count
+    if torch.is_tensor(num_items_in_batch):
+        return total / num_items_in_batch.clamp_min(1).to(total.device)
+    return total / max(int(num_items_in_batch), 1)
+
+
+def select_mask(
+    entropy: torch.Tensor,
+    targets: torch.Tensor,
+    mask_ratio: float,
+    scope: str,
+    position_ids: torch.Tensor | None,
+    shifted: bool,
+) -> tuple[torch.Tensor, torch.Tensor, MaskStats]:
+    """Candidates, dropped targets and stats for entropies aligned with ``targets`` (B, T')."""
+    candidates = targets != IGNORE_INDEX
+    check_finite(entropy, candidates)
+    segments = target_segments(targets, scope, position_ids, shifted=shifted)
+    dropped = select_low_entropy(entropy, candidates, mask_ratio, segments)
+    return candidates, dropped, mask_stats(entropy, candidates, dropped, segments)
+
+
+# --------------------------------------------------------------------------- public API
+def fused_masked_causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str = "sequence",
+    num_items_in_batch: torch.Tensor | int | None = None,
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+    *,
+    chunk_rows: int | None = None,
+    return_extra: bool = False,
+):
+    """:func:`slowed_plugin.masking.masked_causal_lm_loss`, fused: ``(loss, MaskStats)``.
+
+    Same arguments and semantics: ``logits`` (B, T, V); unshifted ``labels`` or aligned
+    ``shift_labels``; the loss is the cross-entropy summed over the kept targets, divided by
+    ``num_items_in_batch`` (clamped to >= 1) or, without it, by the kept count; a micro-batch that
+    keeps nothing gives ``logits.sum() * 0``. ``mask_ratio=0`` calls the reference itself (plain
+    ``ForCausalLMLoss``, bit for bit, stats ``None``).
+
+    With ``return_extra=True`` it returns ``(loss, stats, extra)`` where ``extra`` holds what TRL's
+    ``chunked_nll`` metrics read: ``num_valid_tokens``, ``entropy_sum``, ``num_correct_tokens``.
+    """
+    if mask_ratio == 0:
+        loss, stats = masked_causal_lm_loss(
+            logits, labels, 0.0, scope, num_items_in_batch, position_ids=position_ids, shift_labels=shift_labels
+        )
+        if not return_extra:
+            return loss, stats
+        targets, drop_last = shifted_targets(labels, shift_labels)
+        scored = logits[:, : logits.shape[1] - drop_last]
+        with torch.no_grad():
+            from .masking import token_entropy
+
+            candidates = targets != IGNORE_INDEX
+            extra = {
+                "num_valid_tokens": candidates.sum(),
+                "entropy_sum": token_entropy(scored)[candidates].sum(),
+                "num_correct_tokens": ((scored.argmax(-1) == targets) & candidates).sum().float(),
+            }
+        return loss, stats, extra
+
+    if logits.dim() != 3:
+        raise ValueError(f"`logits` must be (batch, seq, vocab); got shape {tuple(logits.shape)}.")
+    targets, drop_last = shifted_targets(labels, shift_labels)
+    batch, width, vocab = logits.shape
+    if targets.shape != (batch, width - drop_last):
+        raise ValueError(
+            f"labels of shape {tuple(targets.shape)} do not match logits of shape {tuple(logits.shape)} "
+            f"({'shift_labels are' if drop_last == 0 else 'labels are'} expected to be (batch, seq))."
+        )
+    targets = targets.to(logits.device)
+    check_targets(targets, vocab)
+    # Targets aligned with every logit row (the last position of unshifted labels predicts nothing),
+    # so the logits are read in place as (B*T, V): no slice, no copy.
+    full = torch.nn.functional.pad(targets, (0, drop_last), value=IGNORE_INDEX) if drop_last else targets
+    active = (full != IGNORE_INDEX).reshape(-1)
+    flat_logits = logits.reshape(-1, vocab) if logits.is_contiguous() else logits.contiguous().view(-1, vocab)
+    ce, entropy, hit = _FusedEntropyCE.apply(
+        flat_logits, full.reshape(-1), active, chunk_rows or default_chunk_rows(vocab)
+    )
+    entropy = entropy.view(batch, width)[:, : width - drop_last]
+    candidates, dropped, stats = select_mask(entropy, targets, mask_ratio, scope, position_ids, drop_last == 1)
+    kept = candidates & ~dropped
+    kept_full = torch.nn.functional.pad(kept, (0, drop_last), value=False) if drop_last else kept
+    if num_items_in_batch is None and not kept.any():
+        loss = logits.sum() * 0.0  # nothing to learn: zero that still reaches every parameter
+    else:
+        total = torch.where(kept_full.reshape(-1), ce, torch.zeros_like(ce)).sum()
+        loss = normalise(total, kept.sum(), num_items_in_batch)
+    if not return_extra:
+        return loss, stats
+    extra = {
+        "num_valid_tokens": stats.candidates,
+        "entropy_sum": stats.entropy_sum,
+        "num_correct_tokens": hit.sum().float(),
+    }
+    return loss, stats, extra
+
+
+__all__ = ["KERNELS", "default_chunk_rows", "fused_masked_causal_lm_loss", "mask_stats", "warmup"]

@@ -1,0 +1,226 @@
+"""``entropy_source: reference``: a static Low-Entropy mask, computed once from the initial model.
+
+The paper's mask is *online*: each step drops the targets the model being trained is most sure
+of, so the mask follows the model as it learns. The reference option instead scores every target
+once, before training, with the initial model (adapters disabled), and writes the dropped targets
+into the dataset as ``labels = -100``. Training then needs no entropy at all: any loss backend
+(TRL's ``chunked_nll``, Liger, cut-cross-entropy, DFT) trains on the masked labels at no per-step
+cost, and the trainer's own ``num_items_in_batch`` already counts only the kept targets.
+
+Trade-off: the static mask removes what the *base* model already predicts confidently (the tokens
+whose gradient would mostly push the model away from its initial distribution), but it does not
+follow the model: tokens that become confident during training stay in the loss, and the share of
+the loss that is masked is fixed at the start. It is an approximation of the paper's method, cheaper
+per step; the online mask (default) is the paper's.
+
+Scope: the mask is taken per example (``mask_scope: sequence``); a packed row (``seq_lengths`` or
+``position_ids`` restarting at 0) is split into its examples, each scored on its own, as the
+model would see it with document-aware attention. ``mask_scope: batch`` has no meaning here: batches
+do not exist yet when the mask is computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .chunked_loss import DEFAULT_CHUNK_SIZE, head_row_stats, lm_head_parameters
+from .fused_loss import check_finite
+from .masking import IGNORE_INDEX, select_low_entropy, target_segments, token_entropy
+
+
+@contextlib.contextmanager
+def _initial_model(model: nn.Module) -> Iterator[nn.Module]:
+    """The causal LM with adapters disabled and in eval mode (dropout off); restored afterwards."""
+    was_training = model.training
+    disable = getattr(model, "disable_adapter", None)  # PeftModel
+    context = disable() if callable(disable) and hasattr(model, "get_base_model") else contextlib.nullcontext()
+    model.eval()
+    try:
+        with context, torch.no_grad():
+            yield model.get_base_model() if hasattr(model, "get_base_model") else model
+    finally:
+        model.train(was_training)
+
+
+def _head_of(causal: nn.Module) -> tuple[nn.Module | None, Any, Any]:
+    """``(backbone, lm_head, text_config)`` when the model is backbone + linear head, else (None, ...)."""
+    head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
+    backbone = getattr(causal, "base_model", None)
+    config = getattr(causal, "config", None)
+    config = getattr(config, "text_config", None) or config
+    if head is None or backbone is None or backbone is causal:
+        return None, head, config
+    base_layer = getattr(head, "get_base_layer", None)  # a PEFT layer on lm_head, disabled here
+    if callable(base_layer):
+        head = base_layer()
+    original = getattr(head, "original_module", None)  # modules_to_save, disabled here
+    if isinstance(original, nn.Module):
+        head = original
+    try:
+        lm_head_parameters(head)
+    except ValueError:
+        return None, head, config
+    return backbone, head, config
+
+
+def _examples_of(example: dict[str, Any]) -> list[tuple[int, int]]:
+    """``(start, end)`` of each example in one (possibly packed) row."""
+    length = len(example["input_ids"])
+    if example.get("seq_lengths") is not None:
+        bounds, start = [], 0
+        for size in example["seq_lengths"]:
+            bounds.append((start, start + int(size)))
+            start += int(size)
+        return bounds
+    if example.get("position_ids") is not None:
+        starts = [t for t, p in enumerate(example["position_ids"]) if int(p) == 0] or [0]
+        if starts[0] != 0:
+            starts.insert(0, 0)
+        return list(zip(starts, [*starts[1:], length], strict=True))
+    return [(0, length)]
+
+
+@torch.no_grad()
+def _entropies(
+    causal: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """Entropy (B, T) of the next-token distribution at every position of a right-padded batch."""
+    backbone, head, config = _head_of(causal)
+    if backbone is None:
+        # Not backbone + linear head: full logits, one row at a time to bound memory.
+        rows = [
+            token_entropy(causal(input_ids=ids[None], attention_mask=mask[None]).logits)[0]
+            for ids, mask in zip(input_ids, attention_mask, strict=True)
+        ]
+        return torch.stack(rows)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    weight, bias = lm_head_parameters(head)
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    _, entropy, _, _ = head_row_stats(
+        flat,
+        weight,
+        bias,
+        torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device),
+        None,
+        chunk_size,
+        float(getattr(config, "logit_scale", None) or 1.0),
+        getattr(config, "final_logit_softcapping", None),
+    )
+    return entropy.view(hidden.shape[:2])
+
+
+def reference_masked_labels(
+    model: nn.Module,
+    examples: Sequence[dict[str, Any]],
+    mask_ratio: float,
+    scope: str = "sequence",
+    batch_size: int = 8,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> list[list[int]]:
+    """New ``labels`` for tokenized ``examples``: the low-entropy targets of the initial model set to -100.
+
+    Each example is a mapping with ``input_ids`` and ``labels`` (unshifted, ``-100`` = ignored,
+    as transformers and TRL store them; ``input_ids`` stand in for missing labels), optionally
+    ``seq_lengths`` or ``position_ids`` for packed rows. In each example, ``floor(mask_ratio * n)``
+    of its ``n`` targets, those of lowest entropy under ``model`` with adapters disabled, are
+    dropped, ties to the earlier position: the same selection as the online mask with
+    ``mask_scope: sequence`` at step 0. Pure: the model and the examples are left as they were.
+    """
+    if not 0 <= mask_ratio < 1:
+        raise ValueError(f"`mask_ratio` must be a number with 0 <= mask_ratio < 1; got {mask_ratio!r}.")
+    if scope != "sequence":
+        raise ValueError(
+            f"`entropy_source: reference` masks each example on its own (`mask_scope: sequence`); got "
+            f"`mask_scope: {scope}`. Batches do not exist yet when the reference mask is computed."
+        )
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1; got {batch_size!r}.")
+    out: list[list[int]] = []
+    pieces: list[tuple[int, int, int]] = []  # (example index, start, end)
+    for index, example in enumerate(examples):
+        labels = list(example.get("labels") if example.get("labels") is not None else example["input_ids"])
+        if len(labels) != len(example["input_ids"]):
+            raise ValueError(
+                f"Example {index}: `labels` has {len(labels)} entries for {len(example['input_ids'])} input ids."
+            )
+        out.append(labels)
+        pieces.extend((index, start, end) for start, end in _examples_of(example) if end - start > 1)
+    if mask_ratio == 0 or not pieces:
+        return out
+
+    with _initial_model(model) as causal:
+        device = next(causal.parameters()).device
+        for first in range(0, len(pieces), batch_size):
+            group = pieces[first : first + batch_size]
+            width = max(end - start for _, start, end in group)
+            input_ids = torch.zeros(len(group), width, dtype=torch.long)
+            attention_mask = torch.zeros(len(group), width, dtype=torch.long)
+            labels = torch.full((len(group), width), IGNORE_INDEX, dtype=torch.long)
+            for row, (index, start, end) in enumerate(group):
+                input_ids[row, : end - start] = torch.as_tensor(examples[index]["input_ids"][start:end])
+                attention_mask[row, : end - start] = 1
+                labels[row, : end - start] = torch.as_tensor(out[index][start:end])
+            labels[:, 0] = IGNORE_INDEX  # the first token of an example is never a target
+            entropy = _entropies(causal, input_ids.to(device), attention_mask.to(device), chunk_size)
+            targets = labels[:, 1:]
+            candidates = targets != IGNORE_INDEX
+            entropy = entropy[:, :-1].float().cpu()
+            check_finite(entropy, candidates)
+            dropped = select_low_entropy(entropy, candidates, mask_ratio, target_segments(targets, "sequence"))
+            for row, (index, start, _) in enumerate(group):
+                for t in dropped[row].nonzero().squeeze(1).tolist():
+                    out[index][start + t + 1] = IGNORE_INDEX
+    return out
+
+
+def reference_mask_fn(
+    model: nn.Module,
+    mask_ratio: float,
+    scope: str = "sequence",
+    batch_size: int = 8,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    labels_column: str = "labels",
+) -> Callable[[dict[str, list]], dict[str, list]]:
+    """A function for ``dataset.map(fn, batched=True)`` that rewrites ``labels_column`` with the
+    reference mask (columns ``input_ids``, optional ``labels``, ``seq_lengths``, ``position_ids``)."""
+
+    def fn(batch: dict[str, list]) -> dict[str, list]:
+        keys = [k for k in ("input_ids", labels_column, "seq_lengths", "position_ids") if k in batch]
+        rows = [dict(zip(keys, values, strict=True)) for values in zip(*(batch[k] for k in keys), strict=True)]
+        if labels_column != "labels":
+            for row in rows:
+                row["labels"] = row.pop(labels_column, None)
+        return {labels_column: reference_masked_labels(model, rows, mask_ratio, scope, batch_size, chunk_size)}
+
+    return fn
+
+
+def apply_reference_mask(
+    model: nn.Module,
+    dataset: Any,
+    mask_ratio: float,
+    scope: str = "sequence",
+    batch_size: int = 8,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    **map_kwargs: Any,
+) -> Any:
+    """``dataset`` (a ``datasets.Dataset``) with the reference mask written into its ``labels``.
+
+    The map gets a fresh fingerprint: the cache key must not depend on hashing the model (slow, and
+    wrong when two models hash alike), and a cached result from another model must never be reused.
+    """
+    kwargs = {"batched": True, "batch_size": 256, "new_fingerprint": uuid.uuid4().hex, "desc": "SLowED reference mask"}
+    kwargs.update(map_kwargs)
+    if not hasattr(dataset, "_fingerprint"):  # IterableDataset: no fingerprint, no desc
+        kwargs.pop("new_fingerprint")
+        kwargs.pop("desc")
+    return dataset.map(reference_mask_fn(model, mask_ratio, scope, batch_size, chunk_size), **kwargs)
+
+
+__all__ = ["apply_reference_mask", "reference_mask_fn", "reference_masked_labels"]
