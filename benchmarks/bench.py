@@ -11,11 +11,9 @@
     mmap threshold fixed so that every freed buffer leaves RSS at once.
 (b) one training step of a tiny Qwen2-shaped model with the real vocabulary, LoRA r=16 (LoRA as
     in the paper): stock ``SFTTrainer`` (default ``chunked_nll``, and ``loss_type="nll"``) vs
-    ``SFTTrainer`` + ``SLowEDCallback(tau=10, mask_ratio=0.2)``, as the callback is today
-    ("current": full logits + reference loss) and with the proposed fast path ("proposed": the
-    chunked loss from hidden states; "proposed_nll": the fused loss on logits, which TRL's "nll"
-    metrics need), installed on that callback instance exactly as the patch in
-    docs/performance.md does. Every run is a fresh fork of one process that imported everything
+    ``SFTTrainer`` + ``SLowEDCallback(tau=10, mask_ratio=0.2)`` ("slowed": the default loss type,
+    which the callback serves with the chunked loss from hidden states; "slowed_nll": ``loss_type="nll"``,
+    served with the fused loss on the logits TRL's "nll" metrics read). Every run is a fresh fork of one process that imported everything
     (runs alternate between variants, twice in the full run); step time is the median of the
     steps after the warm-up step(s); peak RSS is the fork's high-water mark (VmHWM).
 (c) a Slow Tuning pass over Llama-3-8B-shaped LoRA adapters (r=64, 32 layers x 7 projections, A
@@ -23,7 +21,7 @@
     materialising every ``ΔW = s·B@A`` to take its norm.
 
 The last line reads ``ratios loss_time=X loss_mem=X step_time=X step_rss=X slow_tuning_s=X``:
-fused / ForCausalLMLoss, proposed / stock default, and the seconds of one Slow Tuning pass.
+fused / ForCausalLMLoss, SLowED / stock default, and the seconds of one Slow Tuning pass.
 """
 
 from __future__ import annotations
@@ -150,145 +148,6 @@ def worker_loss(tokens: int, reps: int, methods: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- (b) training step
-def proposed_install_masked_loss(self, trainer) -> None:
-    """`SLowEDCallback._install_masked_loss` as proposed in docs/performance.md (the patch's new body)."""
-    import inspect
-    import types
-
-    import torch
-
-    from slowed_plugin.callback import _OUTPUT_FIELDS, SLowEDCausalLMOutput
-    from slowed_plugin.chunked_loss import chunked_masked_causal_lm_loss, lm_head_parameters
-    from slowed_plugin.fused_loss import fused_masked_causal_lm_loss
-    from slowed_plugin.masking import mask_low_entropy_targets
-
-    cfg = self.config
-    if trainer.compute_loss_func is not None:
-        # Compose with a custom loss: hand it the masked labels instead of replacing it.
-        inner = trainer.compute_loss_func
-
-        def compute_loss_func(outputs, labels, num_items_in_batch=None, **kwargs):
-            if outputs.logits is not None and trainer.model.training:
-                masked, stats = mask_low_entropy_targets(outputs.logits, labels, cfg.mask_ratio, cfg.mask_scope)
-                self._record(stats)
-                labels = torch.nn.functional.pad(masked, (1, 0), value=-100)
-            return inner(outputs, labels, num_items_in_batch=num_items_in_batch, **kwargs)
-
-        trainer.compute_loss_func = compute_loss_func
-        return
-
-    model = trainer.model
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    previous = target.forward
-    config = target.config
-    router_coef = getattr(config, "router_aux_loss_coef", 0.0)
-    callback = self
-    # Chunked from hidden states (no full logits, as TRL's default) for a decoder + linear head;
-    # MoE (router aux loss), VLMs and a PEFT-wrapped or quantised lm_head take the fused loss on logits.
-    backbone, head = getattr(target, "base_model", None), target.get_output_embeddings()
-    chunked = (
-        getattr(trainer.args, "loss_type", None) != "nll"  # TRL's "nll" reads the logits for its metrics
-        and backbone is not None
-        and backbone is not target
-        and head is not None
-        and not getattr(config, "output_router_logits", False)
-        and getattr(config, "text_config", None) is None
-    )
-    if chunked:
-        try:
-            lm_head_parameters(head)
-        except ValueError:
-            chunked = False
-    logit_scale = float(getattr(config, "logit_scale", None) or 1.0)
-    softcap = getattr(config, "final_logit_softcapping", None)
-
-    def forward(self_model, *args, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
-        if not self_model.training or (labels is None and shift_labels is None):
-            passed = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
-            return previous(*args, **kwargs, **{k: v for k, v in passed.items() if v is not None})
-        common = dict(
-            num_items_in_batch=num_items_in_batch, position_ids=kwargs.get("position_ids"), shift_labels=shift_labels
-        )
-        try:
-            if chunked and not kwargs.get("output_router_logits"):
-                kwargs.pop("use_cache", None)
-                kwargs.pop("logits_to_keep", None)
-                outputs = backbone(*args, use_cache=False, **kwargs)
-                logits = None
-                loss, stats, extra = chunked_masked_causal_lm_loss(
-                    outputs.last_hidden_state,
-                    head,
-                    labels,
-                    cfg.mask_ratio,
-                    cfg.mask_scope,
-                    **common,
-                    logit_scale=logit_scale,
-                    final_logit_softcapping=softcap,
-                )
-            else:
-                # No labels: the model (or TRL's chunked forward, which then falls back) returns logits.
-                outputs = previous(*args, **kwargs)
-                logits = outputs.logits
-                loss, stats, extra = fused_masked_causal_lm_loss(
-                    logits, labels, cfg.mask_ratio, cfg.mask_scope, **common, return_extra=True
-                )
-        except FloatingPointError as err:  # stop before the optimizer writes NaN into the weights
-            step = callback.trainer.state.global_step + 1 if callback.trainer is not None else "?"
-            raise FloatingPointError(f"{err} (optimizer step {step}); the weights were not updated.") from None
-        if getattr(outputs, "aux_loss", None) is not None and router_coef:
-            loss = loss + router_coef * outputs.aux_loss.to(loss.device)
-        callback._record(stats)
-        # TRL's chunked_nll metrics read these fields instead of logits. They must be declared fields:
-        # accelerate's fp32 output conversion rebuilds the output from its keys.
-        kept = {k: v for k, v in outputs.items() if k in _OUTPUT_FIELDS}
-        return SLowEDCausalLMOutput(**{**kept, "loss": loss, "logits": logits}, **extra)
-
-    # `previous` is bound: re-add `self`, so that once the wrapper is bound its signature still starts with
-    # `input_ids` (Trainer._remove_unused_columns keeps only the columns that `forward` names).
-    signature = inspect.signature(previous)
-    owner = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    forward.__signature__ = signature.replace(parameters=[owner, *signature.parameters.values()])
-    target.forward = types.MethodType(forward, target)
-
-
-def proposed_warmup(self, args) -> None:
-    """What the proposed `SLowEDCallback.on_train_begin` adds: compile the fused kernels (or load
-    them from inductor's cache) before the first step, for the dtypes the loss will see."""
-    import torch
-
-    from slowed_plugin.fused_loss import warmup
-
-    model = self.trainer.model
-    param = next(model.parameters())
-    dtypes = {param.dtype}
-    if args.bf16:
-        dtypes.add(torch.bfloat16)
-    if args.fp16:
-        dtypes.add(torch.float16)
-    warmup(model.get_output_embeddings().weight.shape[0], tuple(dtypes), param.device)
-
-
-def _slowed_callback(proposed: bool):
-    """A SLowEDCallback; with ``proposed``, this instance (only) takes the proposed fast path."""
-    import types
-
-    from slowed_plugin import SLowEDCallback
-
-    callback = SLowEDCallback(tau=10.0, mask_ratio=MASK_RATIO)
-    if proposed:
-        callback._install_masked_loss = types.MethodType(proposed_install_masked_loss, callback)
-        original = callback.on_train_begin
-
-        def on_train_begin(args, state, control, **kwargs):
-            result = original(args, state, control, **kwargs)
-            if callback.config.masking:
-                proposed_warmup(callback, args)
-            return result
-
-        callback.on_train_begin = on_train_begin
-    return callback
-
-
 def run_variant(variant: str, steps: int, batch: int, length: int) -> dict:
     """One SFTTrainer run of ``variant``; called in a fresh fork of the step worker."""
     import torch
@@ -308,8 +167,10 @@ def run_variant(variant: str, steps: int, batch: int, length: int) -> dict:
         ids = torch.randint(4, VOCAB, (length,), generator=generator).tolist()
         prompt = length // 4  # completion-only loss: the prompt quarter is ignored
         rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
-    slowed = variant in ("current", "proposed", "proposed_nll")
-    callbacks = [_slowed_callback(variant.startswith("proposed"))] if slowed else []
+    from slowed_plugin import SLowEDCallback
+
+    slowed = variant in ("slowed", "slowed_nll")
+    callbacks = [SLowEDCallback(tau=10.0, mask_ratio=MASK_RATIO)] if slowed else []
     marks: list[float] = []
 
     class Clock(TrainerCallback):
@@ -564,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "b" in opts.only:
         steps, batch, length, warm = (3, 1, 512, 1) if quick else (7, 2, 512, 2)
-        variants = ["default", "proposed"] if quick else ["default", "nll", "current", "proposed", "proposed_nll"]
+        variants = ["default", "slowed"] if quick else ["default", "nll", "slowed", "slowed_nll"]
         rounds = 1 if quick else 2
         runs = run_worker("steps", variants=variants, rounds=rounds, steps=steps, batch=batch, length=length)
         print(
@@ -575,9 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = {
             "default": "stock SFTTrainer (chunked_nll)",
             "nll": 'stock SFTTrainer loss_type="nll"',
-            "current": "SLowED callback today (full logits)",
-            "proposed": "SLowED proposed (chunked from hidden states)",
-            "proposed_nll": 'SLowED proposed, loss_type="nll" (fused)',
+            "slowed": "SLowED (chunked from hidden states)",
+            "slowed_nll": 'SLowED, loss_type="nll" (fused)',
         }
         step = {v: med([t for r in rs for t in r["step_times"][warm:]]) for v, rs in runs.items()}
         rss = {v: med([r["peak_rss_mib"] for r in rs]) for v, rs in runs.items()}
@@ -588,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         first = {v: med([r["step_times"][0] for r in runs[v]]) for v in variants}
         print("    first step s: " + ", ".join(f"{v} {first[v]:.2f}" for v in variants))
-        ratios["step_time"] = step["proposed"] / step["default"]
-        ratios["step_rss"] = rss["proposed"] / rss["default"]
+        ratios["step_time"] = step["slowed"] / step["default"]
+        ratios["step_rss"] = rss["slowed"] / rss["default"]
 
     if "c" in opts.only:
         st = run_worker("slow_tuning", reps=3 if quick else 7, dense_layers=1 if quick else 4)
