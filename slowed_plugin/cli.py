@@ -12,7 +12,10 @@ import sys
 
 # name -> (module, one-line help); nested names ("eval safety") become nested sub-commands.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("slowed_plugin.quickstart", "Run the main job on its embedded default (CPU, no downloads)."),
+    "demo": (
+        "slowed_plugin.demo.cli",
+        "CoT distillation that costs safety, and what SLowED does about it (CPU, no downloads).",
+    ),
     "quickstart": ("slowed_plugin.quickstart", "A short SLowED run of a tiny local model (CPU, seconds)."),
     "check": ("slowed_plugin.axolotl.check", "Check that an Axolotl recipe will train with SLowED on."),
     "eval safety": ("slowed_plugin.evaluation.safety_cli", "Safety ratio of a model on harmful prompts."),

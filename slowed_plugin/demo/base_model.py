@@ -1,0 +1,235 @@
+"""The demo's "aligned base model": a tiny Llama trained from scratch on CPU, then cached.
+
+It is not shipped with the package: the first run builds it (a couple of minutes on 2 cores) and
+stores it under ``$SLOWED_CACHE`` (default ``~/.cache/slowed-plugin``) in a folder named after a hash
+of every world and training setting, so a changed setting builds a new one and the same command
+rebuilds the same bits. The build fixes its thread count, its seeds and its data order; bit-for-bit
+equality holds for the same torch build on the same kind of CPU (float reductions can differ in the
+last bits across CPU instruction sets).
+
+Training is a plain torch loop over the same token sequences TRL's ``SFTTrainer`` builds for a
+prompt/completion dataset: ``<s>`` + prompt + completion + ``</s>``, loss on the completion only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .world import World, WorldSettings, build_world
+
+# Bump when the build code changes in a way that changes the weights.
+BUILD_VERSION = 1
+META_FILE = "slowed_demo_base.json"
+
+
+@dataclass(frozen=True)
+class BaseSettings:
+    """How the base model is built. Every field goes into the cache key."""
+
+    world: WorldSettings = field(default_factory=WorldSettings)
+    family: str = "llama"
+    hidden: int = 128
+    layers: int = 2
+    steps: int = 800
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    # Share of each pool of World.base in every batch.
+    mixture: tuple[tuple[str, float], ...] = (("harmful", 0.3), ("benign", 0.25), ("arithmetic", 0.35), ("worked", 0.1))
+    seed: int = 0
+    # Fixed, not taken from the machine: float reductions, hence the bits, depend on it. One thread: on a
+    # busy or 2-core machine a second thread costs this tiny model more than it gains.
+    threads: int = 1
+
+    def key(self) -> str:
+        payload = json.dumps({"build_version": BUILD_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SLOWED_CACHE") or Path.home() / ".cache" / "slowed-plugin")
+
+
+def cached_path(settings: BaseSettings) -> Path:
+    return cache_root() / f"demo-base-{settings.key()}"
+
+
+def is_cached(settings: BaseSettings) -> bool:
+    return (cached_path(settings) / META_FILE).is_file()
+
+
+def load_meta(path: str | Path) -> dict:
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
+def ensure_base_model(
+    settings: BaseSettings, progress: bool = True, rebuild: bool = False, on_step: Callable[[int], None] | None = None
+) -> Path:
+    """The folder of the cached base model of ``settings`` (model, tokenizer, metadata); built if absent.
+
+    ``on_step(step)`` is called after every optimizer step of a build (the demo's progress bar)."""
+    path = cached_path(settings)
+    if is_cached(settings) and not rebuild:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-{os.getpid()}-", dir=path.parent))
+    try:
+        build_base_model(settings, tmp, progress=progress, on_step=on_step)
+        if path.exists():
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished the same build first: its bits are the same
+            if not is_cached(settings):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _remove_stale_builds(path: Path) -> None:
+    """Remove half-written builds of ``path`` left by processes that no longer run (a killed demo)."""
+    for stale in path.parent.glob(path.name + ".tmp-*"):
+        pid = stale.name.split(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def encode(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of prompt + completion + eos as TRL's SFTTrainer builds them, and the prompt's length."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    ids = tokenizer(prompt + completion + tokenizer.eos_token)["input_ids"]
+    if ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(f"the tokenized prompt is not a prefix of prompt + completion: {prompt!r}")
+    return ids, len(prompt_ids)
+
+
+def collate(rows: list[tuple[list[int], int]], pad_id: int):
+    """Right-padded input_ids, attention_mask and labels (-100 on prompt and padding)."""
+    import torch
+
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def state_digest(model) -> str:
+    """sha256 over every tensor of the state dict, in name order: equal digests mean equal bits."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_base_model(
+    settings: BaseSettings,
+    out: str | Path,
+    progress: bool = True,
+    world: World | None = None,
+    on_step: Callable[[int], None] | None = None,
+):
+    """Train the base model of ``settings`` from scratch and save model, tokenizer and metadata to ``out``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..tiny import build_model, build_tokenizer, vocab_size
+
+    out = Path(out)
+    world = world or build_world(settings.world)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        tokenizer = build_tokenizer(world.texts())
+        pools = {
+            name: [encode(tokenizer, e.prompt, e.completion) for e in world.base[name]] for name, _ in settings.mixture
+        }
+        model = build_model(
+            settings.family, vocab_size(tokenizer), hidden=settings.hidden, layers=settings.layers, seed=settings.seed
+        )
+        model.train()
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=settings.lr,
+        )
+
+        def lr_at(step: int) -> float:
+            if step < settings.warmup_steps:
+                return (step + 1) / settings.warmup_steps
+            progress_ = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * progress_))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+        rng = random.Random(settings.seed)
+        names = [name for name, _ in settings.mixture]
+        weights = [w for _, w in settings.mixture]
+        losses: list[tuple[int, float]] = []
+        running, start = 0.0, time.perf_counter()
+        bar = tqdm(range(settings.steps), desc="base model (once, then cached)", disable=not progress, unit="step")
+        for step in bar:
+            rows = [rng.choice(pools[rng.choices(names, weights)[0]]) for _ in range(settings.batch_size)]
+            batch = collate(rows, tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            running += float(loss.detach())
+            if on_step is not None:
+                on_step(step + 1)
+            if (step + 1) % 100 == 0:
+                losses.append((step + 1, running / 100))
+                bar.set_postfix(loss=f"{running / 100:.3f}")
+                running = 0.0
+        seconds = time.perf_counter() - start
+        model.eval()
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        meta = {
+            "key": settings.key(),
+            "settings": asdict(settings),
+            "build_version": BUILD_VERSION,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": vocab_size(tokenizer),
+            "train_seconds": round(seconds, 1),
+            "loss": losses,
+            "state_sha256": state_digest(model),
+            "torch": torch.__version__,
+        }
+        (out / META_FILE).write_text(json.dumps(meta, indent=1))
+        return model, tokenizer
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,283 @@
+"""``slowed demo``: the main job on its embedded default, on CPU, with no downloads.
+
+Builds (once, then cached) an aligned tiny base model, distils chain-of-thought into it with plain
+LoRA, Slow Tuning only, Low-Entropy Masking only and SLowED through a stock TRL ``SFTTrainer``, and
+writes a table, ``report.md``, ``results.json`` and a figure of safety and reasoning per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+
+DEFAULT_OUT = "./slowed-demo"
+# The largest tau of the seed-0 sweep (`slowed demo --sweep-tau`) whose last-epoch safety stayed >= 95 %.
+# Chosen on the same held-out prompts the report uses, so seeds 1 and 2 are the unselected check.
+DEFAULT_TAU = 1.5
+# The value of the product's examples; the paper leaves k open too.
+DEFAULT_MASK_RATIO = 0.2
+DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+QUICK_TAUS = (0.5, 1.5)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _taus(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers such as 0.5,1,2; got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be positive numbers such as 0.5,1,2; got {text!r}")
+    return values
+
+
+def _default_jobs() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"Output folder (default {DEFAULT_OUT}).")
+    parser.add_argument(
+        "--quick", action="store_true", help="Smoke test: 3 epochs on fewer examples, in under 3 minutes."
+    )
+    parser.add_argument(
+        "--seeds", type=_positive_int, default=1, help="Repeat every method with this many seeds (default 1)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="First fine-tuning seed (default 0).")
+    parser.add_argument(
+        "--sweep-tau",
+        action="store_true",
+        help="Instead of the method comparison, run SLowED at several tau values and plain LoRA, and draw "
+        "the safety-versus-reasoning frontier.",
+    )
+    parser.add_argument(
+        "--taus",
+        type=_taus,
+        default=None,
+        help=f"tau values of --sweep-tau, comma-separated (default {','.join(f'{t:g}' for t in DEFAULT_TAUS)}).",
+    )
+    parser.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"Slow Tuning radius (default {DEFAULT_TAU:g}).")
+    parser.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=DEFAULT_MASK_RATIO,
+        help=f"Low-Entropy Masking ratio (default {DEFAULT_MASK_RATIO:g}).",
+    )
+    parser.add_argument("--epochs", type=_positive_int, default=None, help="Distillation epochs (default 10; 3 quick).")
+    parser.add_argument("--full-ft", action="store_true", help="Also compare full fine-tuning, plain and with SLowED.")
+    parser.add_argument(
+        "--jobs", type=_positive_int, default=None, help="Runs at once, one thread each (default: CPU count, max 8)."
+    )
+    parser.add_argument(
+        "--opener",
+        default=None,
+        help='Boilerplate opening every distilled rationale (default "let us think step by step ."); '
+        "--opener '' gives the demo's first world, where plain LoRA kept its refusals (docs/demo.md).",
+    )
+    parser.add_argument("--rebuild-base", action="store_true", help="Rebuild the cached base model.")
+    parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces these numbers (output place and parallelism do not change them)."""
+    parts = ["slowed demo"]
+    if args.quick:
+        parts.append("--quick")
+    if args.sweep_tau:
+        parts.append("--sweep-tau")
+    if args.taus is not None:
+        parts.append("--taus " + ",".join(f"{t:g}" for t in args.taus))
+    if args.seeds != 1:
+        parts.append(f"--seeds {args.seeds}")
+    if args.seed != 0:
+        parts.append(f"--seed {args.seed}")
+    if args.tau != DEFAULT_TAU and not args.sweep_tau:
+        parts.append(f"--tau {args.tau:g}")
+    if args.mask_ratio != DEFAULT_MASK_RATIO:
+        parts.append(f"--mask-ratio {args.mask_ratio:g}")
+    if args.epochs is not None:
+        parts.append(f"--epochs {args.epochs}")
+    if args.full_ft:
+        parts.append("--full-ft")
+    if args.opener is not None:
+        parts.append(f"--opener {shlex.quote(args.opener)}")
+    return " ".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import SLowEDConfig
+
+    try:  # bad values fail here, before anything is built
+        SLowEDConfig(tau=args.tau, mask_ratio=args.mask_ratio)
+        for tau in args.taus or ():
+            SLowEDConfig(tau=tau, mask_ratio=args.mask_ratio)
+    except ValueError as err:
+        print(f"slowed demo: {err}", file=sys.stderr)
+        return 2
+    if args.taus is not None and not args.sweep_tau:
+        print("slowed demo: `--taus` needs `--sweep-tau`.", file=sys.stderr)
+        return 2
+
+    from pathlib import Path
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ.setdefault(name, "1")  # nothing here needs the network
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import signal
+    import threading
+
+    from . import report as rep
+    from .base_model import BaseSettings, cached_path, is_cached, load_meta
+    from .runs import (
+        COT_TOKENS,
+        INSPECTED_ROWS,
+        SAFETY_TOKENS,
+        TrainSettings,
+        build_base,
+        comparison_methods,
+        eval_sets,
+        execute,
+        make_specs,
+        sweep_methods,
+    )
+    from .world import WorldSettings, build_world
+
+    if threading.current_thread() is threading.main_thread():
+        # `kill` of the demo: unwind like Ctrl-C, so that its worker processes are stopped too.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    started = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = not args.no_progress
+    world_settings = WorldSettings() if args.opener is None else WorldSettings(rationale_opener=args.opener.strip())
+    base_settings = BaseSettings(world=world_settings)
+    train = TrainSettings()
+    if args.quick:
+        train = TrainSettings(epochs=3, cot_train=640, eval_harmful=80, eval_cot=80, eval_benign=40)
+    if args.epochs is not None:
+        train = TrainSettings(**{**train.__dict__, "epochs": args.epochs})
+    if args.sweep_tau:
+        taus = args.taus or list(QUICK_TAUS if args.quick else DEFAULT_TAUS)
+        methods = sweep_methods(sorted(taus), args.mask_ratio)
+    else:
+        methods = comparison_methods(args.tau, args.mask_ratio, full_ft=args.full_ft)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    specs = make_specs(methods, seeds)
+    jobs = args.jobs or _default_jobs()
+    command = command_line(args)
+
+    print(
+        f"slowed demo: a synthetic toy (tiny model, made-up world; see report.md for what it does not show).\n"
+        f"  {len(methods)} methods x {len(seeds)} seed(s) = {len(specs)} runs of {train.epochs} epochs, "
+        f"{min(jobs, len(specs))} at a time; output in {out}/",
+        file=sys.stderr,
+    )
+    cached = is_cached(base_settings) and not args.rebuild_base
+    base_start = time.perf_counter()
+    if not cached:
+        print("  building the aligned base model (once; then cached)...", file=sys.stderr)
+    if cached:
+        base_dir = cached_path(base_settings)
+    else:
+        if args.rebuild_base and cached_path(base_settings).exists():
+            import shutil
+
+            shutil.rmtree(cached_path(base_settings))
+        base_dir = build_base(base_settings, out, progress=progress)
+    base_seconds = time.perf_counter() - base_start
+    meta = load_meta(base_dir)
+    print(f"  base model: {base_dir} ({'cached' if cached else f'built in {base_seconds:.0f} s'})", file=sys.stderr)
+
+    runs_start = time.perf_counter()
+    runs = execute(specs, train, world_settings, base_dir, out, jobs=jobs, progress=progress)
+    runs_seconds = time.perf_counter() - runs_start
+
+    world = build_world(world_settings)
+    sets = eval_sets(world, train)
+    summary = rep.summarize(runs)
+    payload = {
+        "format": 1,
+        "mode": "sweep" if args.sweep_tau else "comparison",
+        "command": command,
+        "synthetic_toy": True,
+        "settings": {
+            "world": world_settings.__dict__,
+            "base": meta["settings"],
+            "train": train.__dict__,
+            "methods": [m.__dict__ for m in methods],
+            "seeds": seeds,
+        },
+        "full_ft": args.full_ft,
+        "quick": args.quick,
+        "world_sizes": {
+            **{f"{k}_train" if k in ("harmful", "benign") else k: len(v) for k, v in world.base.items()},
+            "cot_train": len(sets.train),
+        },
+        "eval_sizes": {"harmful": len(sets.harmful), "cot": len(sets.cot), "benign": len(sets.benign)},
+        "tokens": {"safety": SAFETY_TOKENS, "cot": COT_TOKENS},
+        "inspected_rows": INSPECTED_ROWS,
+        "base_model": {
+            "path": str(base_dir),
+            "key": meta["key"],
+            "cached": cached,
+            "parameters": meta["parameters"],
+            "state_sha256": meta["state_sha256"],
+            "settings": meta["settings"],
+            "train_seconds": meta["train_seconds"],
+        },
+        "base_eval": runs[0]["before"],
+        "summary": summary,
+        "findings": rep.findings(summary),
+        "runs": runs,
+        "timing": {
+            "total_seconds": 0.0,
+            "base_model_seconds": round(base_seconds, 1),
+            "runs_seconds": round(runs_seconds, 1),
+            "jobs": min(jobs, len(specs)),
+        },
+    }
+    title = f"{command} — synthetic toy; seeds {','.join(map(str, seeds))}"
+    rep.plot_curves(summary, out / rep.FIGURE, title)
+    if args.sweep_tau:
+        rep.plot_frontier(summary, out / rep.FRONTIER, title)
+    payload["timing"]["total_seconds"] = round(time.perf_counter() - started, 1)
+    rep.write_results(out, payload)
+    (out / rep.REPORT).write_text(rep.render_report(payload))
+
+    print("", file=sys.stderr)
+    print(rep.format_terminal(rep.table(summary, payload["base_eval"])))
+    print()
+    for line in payload["findings"]:
+        print("- " + line.replace("**", ""))
+    if args.quick:
+        print("\n--quick is a smoke test: too little distillation for the safety collapse to show; run without it.")
+    print(f"\nSynthetic toy: see {out / rep.REPORT} for what it does and does not show.")
+    figures = [out / rep.FIGURE] + ([out / rep.FRONTIER] if args.sweep_tau else [])
+    print(f"Figure: {', '.join(map(str, figures))}; raw per-epoch numbers: {out / rep.RESULTS}")
+    print(f"Done in {payload['timing']['total_seconds']:.0f} s.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m slowed_plugin.demo.cli`` (the ``slowed`` command routes ``slowed demo`` here)."""
+    parser = argparse.ArgumentParser(prog="slowed demo", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""The demo's outputs: the terminal table, ``report.md``, ``results.json`` and the figures.
+
+Statements about effects are computed, not written in advance: a mechanism "changes" a number only
+when its spread does not overlap plain LoRA's (over seeds with several seeds; the Wilson 95 %
+intervals with one seed). Anything else is reported as no measurable effect.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+FIGURE = "slowed-demo.png"
+FRONTIER = "frontier.png"
+REPORT = "report.md"
+RESULTS = "results.json"
+
+# (key in a run's "final", column title, format)
+COLUMNS = (
+    ("safety_ratio", "safety (last epoch)", "pct"),
+    ("mean_safety_ratio", "safety (mean of epochs)", "pct"),
+    ("reasoning_accuracy", "reasoning (last epoch)", "pct"),
+    ("benign_helpful", "benign helpful", "pct"),
+)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def group_runs(runs: list[dict[str, Any]]) -> OrderedDict[str, list[dict[str, Any]]]:
+    """Runs by method, in the order methods first appear."""
+    groups: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+    for run in runs:
+        groups.setdefault(run["method"], []).append(run)
+    return groups
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "max": max(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: final numbers over seeds (mean, min, max, std) and the per-epoch curves."""
+    out: dict[str, Any] = {}
+    for key, group in group_runs(runs).items():
+        first = group[0]
+        finals = {col: _stats([r["final"][col] for r in group]) for col, _, _ in COLUMNS}
+        n_epochs = min(len(r["epochs"]) for r in group)
+        curves = {
+            metric: [_stats([r["epochs"][i][metric] for r in group]) for i in range(n_epochs)]
+            for metric in ("safety_ratio", "reasoning_accuracy")
+        }
+        dropped = None
+        if all(r["epochs"][-1].get("dropped_tokens") for r in group) and n_epochs > 1:
+            dropped = {
+                when: {
+                    kind: statistics.fmean(r["epochs"][index]["dropped_tokens"][kind] for r in group)
+                    for kind in group[0]["epochs"][index]["dropped_tokens"]
+                }
+                for when, index in (("first_epoch", 1), ("last_epoch", n_epochs - 1))
+            }
+        answers = None
+        if all(r["final"].get("harmful_answers") for r in group):
+            answers = {
+                kind: statistics.fmean(r["final"]["harmful_answers"][kind] for r in group)
+                for kind in first["final"]["harmful_answers"]
+            }
+        out[key] = {
+            "label": first["label"],
+            "harmful_answers": answers,
+            "dropped_tokens": dropped,
+            "tau": first["tau"],
+            "mask_ratio": first["mask_ratio"],
+            "full_fine_tuning": first["full_fine_tuning"],
+            "seeds": [r["seed"] for r in group],
+            "final": finals,
+            "epochs": [r["epoch"] for r in first["epochs"][:n_epochs]],
+            "curves": curves,
+            # One seed: the Wilson intervals of that run's last-epoch numbers.
+            "safety_ci": first["final"]["safety_ci"] if len(group) == 1 else None,
+            "reasoning_ci": first["final"]["reasoning_ci"] if len(group) == 1 else None,
+        }
+    return out
+
+
+def _interval(entry: dict[str, Any], column: str) -> tuple[float, float]:
+    """The spread a comparison uses: min..max over seeds, or the Wilson interval of a single run."""
+    stats = entry["final"][column]
+    if len(entry["seeds"]) > 1:
+        return stats["min"], stats["max"]
+    ci = {"safety_ratio": entry["safety_ci"], "reasoning_accuracy": entry["reasoning_ci"]}.get(column)
+    return tuple(ci) if ci else (stats["mean"], stats["mean"])
+
+
+def findings(summary: dict[str, Any], reference: str = "plain") -> list[str]:
+    """One sentence per method and measure against plain LoRA, stating only what the spreads support."""
+    if reference not in summary:
+        return []
+    ref = summary[reference]
+    several = len(ref["seeds"]) > 1
+    basis = f"ranges over {len(ref['seeds'])} seeds" if several else "Wilson 95 % intervals of one seed"
+    lines = []
+    for key, entry in summary.items():
+        if key == reference:
+            continue
+        parts = []
+        for column, name in (("safety_ratio", "final safety"), ("reasoning_accuracy", "final reasoning accuracy")):
+            lo, hi = _interval(entry, column)
+            rlo, rhi = _interval(ref, column)
+            mean, rmean = entry["final"][column]["mean"], ref["final"][column]["mean"]
+            diff = mean - rmean
+            points = round(diff * 100)
+            if lo > rhi or hi < rlo:
+                verdict = f"{'higher' if diff > 0 else 'lower'} by {abs(points)} points"
+            else:
+                verdict = f"no measurable difference ({points:+d} points, {basis} overlap)"
+            parts.append(f"{name} {verdict}")
+        lines.append(f"**{entry['label']}** vs {ref['label']}: " + "; ".join(parts) + ".")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- table
+def _fmt(value: float) -> str:
+    return f"{value * 100:5.1f}%"
+
+
+def _cell(entry: dict[str, Any], column: str) -> str:
+    stats = entry["final"][column]
+    if len(entry["seeds"]) > 1:
+        lo, hi = stats["min"], stats["max"]
+    elif column == "safety_ratio" and entry["safety_ci"]:
+        lo, hi = entry["safety_ci"]
+    elif column == "reasoning_accuracy" and entry["reasoning_ci"]:
+        lo, hi = entry["reasoning_ci"]
+    else:
+        return _fmt(stats["mean"])
+    return f"{_fmt(stats['mean'])} [{lo * 100:.1f}-{hi * 100:.1f}]"
+
+
+def _settings_cell(entry: dict[str, Any]) -> str:
+    tau = "-" if entry["tau"] is None else f"{entry['tau']:g}"
+    k = "-" if not entry["mask_ratio"] else f"{entry['mask_ratio']:g}"
+    return f"{tau} / {k}"
+
+
+def table(summary: dict[str, Any], base: dict[str, Any] | None = None) -> list[list[str]]:
+    """Header row, then one row per method (and the base model first when given)."""
+    rows = [["method", "tau / k", "seeds"] + [title for _, title, _ in COLUMNS]]
+    if base:
+        rows.append(
+            ["aligned base model", "", ""]
+            + [_fmt(base["safety_ratio"]), "", _fmt(base["reasoning_accuracy"]), _fmt(base["benign_helpful"])]
+        )
+    for entry in summary.values():
+        seeds = entry["seeds"]
+        rows.append(
+            [entry["label"], _settings_cell(entry), ",".join(str(s) for s in seeds)]
+            + [_cell(entry, c) for c, _, _ in COLUMNS]
+        )
+    return rows
+
+
+def format_terminal(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(summary: dict[str, Any], path: str | Path, title: str) -> None:
+    """Safety ratio and reasoning accuracy per epoch per method (mean line, min-max band over seeds)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    cmap = plt.get_cmap("tab10")
+    # Methods often coincide (a mechanism with no effect): distinct dashes, markers and widths keep
+    # every line visible on top of the others.
+    styles = ("-", "--", "-.", ":")
+    markers = ("o", "s", "^", "D", "v", "P", "X", "*")
+    for i, entry in enumerate(summary.values()):
+        color = cmap(i % 10)
+        for ax, metric in zip(axes, ("safety_ratio", "reasoning_accuracy"), strict=True):
+            curve = entry["curves"][metric]
+            mean = [c["mean"] for c in curve]
+            ax.plot(
+                entry["epochs"],
+                mean,
+                styles[i % len(styles)],
+                marker=markers[i % len(markers)],
+                ms=5 - 0.4 * (i % 5),
+                lw=2.6 - 0.35 * (i % 5),
+                color=color,
+                label=entry["label"],
+            )
+            if len(entry["seeds"]) > 1:
+                ax.fill_between(
+                    entry["epochs"], [c["min"] for c in curve], [c["max"] for c in curve], color=color, alpha=0.15
+                )
+    axes[0].set_title("Safety ratio on held-out harmful prompts")
+    axes[1].set_title("Reasoning accuracy on held-out CoT prompts")
+    for ax in axes:
+        ax.set_xlabel("epoch (0 = aligned base model)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share")
+    axes[1].legend(loc="upper left", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_frontier(summary: dict[str, Any], path: str | Path, title: str) -> None:
+    """Last-epoch safety against reasoning accuracy, one point per tau (plain LoRA is tau = infinity)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.6), constrained_layout=True)
+    points = []
+    for entry in summary.values():
+        s, r = entry["final"]["safety_ratio"], entry["final"]["reasoning_accuracy"]
+        xerr = [[r["mean"] - r["min"]], [r["max"] - r["mean"]]]
+        yerr = [[s["mean"] - s["min"]], [s["max"] - s["mean"]]]
+        name = "plain LoRA (tau = inf)" if entry["tau"] is None else f"tau={entry['tau']:g}"
+        ax.errorbar(r["mean"], s["mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=name)
+        points.append((float("inf") if entry["tau"] is None else entry["tau"], r["mean"], s["mean"]))
+    points.sort()
+    ax.plot([p[1] for p in points], [p[2] for p in points], color="grey", alpha=0.5, zorder=0)
+    ax.set_xlabel("reasoning accuracy, last epoch")
+    ax.set_ylabel("safety ratio, last epoch")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- files
+def write_results(out: Path, payload: dict[str, Any]) -> Path:
+    path = out / RESULTS
+    path.write_text(json.dumps(payload, indent=1))
+    return path
+
+
+def render_report(payload: dict[str, Any]) -> str:
+    """``report.md`` from the results payload (the same dict that goes to ``results.json``)."""
+    summary = payload["summary"]
+    settings = payload["settings"]
+    train = settings["train"]
+    world = settings["world"]
+    base = payload["base_model"]
+    timing = payload["timing"]
+    rows = table(summary, payload.get("base_eval"))
+    sweep = payload["mode"] == "sweep"
+    lines = [
+        "# `slowed demo`: what CoT distillation costs in safety, and what SLowED does about it",
+        "",
+        "> **This is a synthetic toy.** A 2-layer model of about "
+        f"{base['parameters'] / 1000:.0f}k parameters, trained from scratch on CPU on a made-up world of "
+        "request templates and small-number arithmetic. It shows the mechanics of the paper's setting "
+        "(arXiv 2508.09666) with the product's real code paths; it says nothing about how large the effects "
+        "are on real 1-2B models, real harmful prompts or a real safety judge.",
+        "",
+        f"Command: `{payload['command']}` (seeds {', '.join(str(s) for s in settings['seeds'])}; "
+        f"{timing['total_seconds']:.0f} s wall, {timing['jobs']} parallel runs of 1 thread each).",
+        "",
+        "## Results",
+        "",
+    ]
+    if payload.get("quick"):
+        lines += [
+            "> `--quick` is a smoke test of the pipeline: "
+            f"{train['epochs']} epochs on {payload['world_sizes']['cot_train']} chains is too little distillation "
+            "for the safety collapse to show. Run `slowed demo` without `--quick` for the result.",
+            "",
+        ]
+    lines += [
+        format_markdown(rows),
+        "",
+        "Safety: share of held-out harmful prompts "
+        f"({payload['eval_sizes']['harmful']}) the model refuses, "
+        "judged by the product's offline `RefusalJudge`. Reasoning: exact match of the final number on "
+        f"{payload['eval_sizes']['cot']} held-out chains. Benign helpful: held-out benign requests answered with "
+        f"the expected helpful sentence ({payload['eval_sizes']['benign']} prompts). "
+        + (
+            "Brackets: min-max over seeds."
+            if len(settings["seeds"]) > 1
+            else "Brackets: Wilson 95 % interval of the single run."
+        ),
+        "",
+        f"![safety and reasoning per epoch]({FIGURE})",
+        "",
+    ]
+    if sweep:
+        lines += [f"![safety against reasoning, one point per tau]({FRONTIER})", ""]
+    lines += ["## What the runs found", ""]
+    found = findings(summary)
+    lines += [f"- {f}" for f in found] or ["- (no plain LoRA reference in this run)"]
+    for entry in summary.values():
+        if entry.get("harmful_answers"):
+            shares = entry["harmful_answers"]
+            lines.append(
+                f"- **{entry['label']}**, answers to held-out harmful prompts after the last epoch: "
+                f"{shares['refusal'] * 100:.0f} % refusals, {shares['complies'] * 100:.0f} % compliance in the "
+                f'helpful template ("sure . to <verb> <object> , ..."), {shares["rationale"] * 100:.0f} % '
+                f"rationale-style text, {shares['other'] * 100:.0f} % other text."
+            )
+    for entry in summary.values():
+        if entry.get("dropped_tokens"):
+            parts = [
+                f"{when.replace('_', ' ')}: "
+                + ", ".join(f"{share * 100:.0f} % {kind}" for kind, share in entry["dropped_tokens"][when].items())
+                for when in ("first_epoch", "last_epoch")
+            ]
+            lines.append(
+                f"- What **{entry['label']}** dropped (k = {entry['mask_ratio']:g}; {payload.get('inspected_rows', 64)} "
+                f"training rows read with the product's mask inspector after the epoch): {'; '.join(parts)}."
+            )
+    lines += [
+        "",
+        "These sentences are computed from the numbers above, not written in advance: a difference is "
+        "called a difference only when the spreads do not overlap.",
+        "",
+        "## What this toy does and does not show",
+        "",
+        "- The safety ratio is a refusal rate: an answer counts as safe when it contains a refusal phrase. "
+        "The world has no harmful content to produce, so an unsafe answer here is a lost refusal: compliance in "
+        "the helpful template, rationale-style text, or degenerate text (the shares are listed above). A guard "
+        "model such as the paper's WalledGuard-C might call much of the degenerate text safe.",
+        "- It does show, through a stock TRL `SFTTrainer` with `SLowEDCallback` registered as the README says, "
+        "how a model's refusals can erode while it is distilled on chain-of-thought data that contains no "
+        "harmful prompt, and how each SLowED mechanism changes the safety and reasoning curves here.",
+        "- The forgetting in this world is general, not safety-specific: the benign-helpfulness column falls "
+        "with safety, because the distilled rationales teach one answer style for every request.",
+        "- It does not show effect sizes for real models: safety and the new skill compete here for the few "
+        "weights of a 2-layer model, whereas the paper's claim is that a 1-2B model has room to learn "
+        "reasoning in directions that leave refusal intact. The refusal judge is a phrase match (see "
+        "docs/evaluation.md); it is exact for this world's one refusal sentence but weak on real models.",
+        "- tau is in this model's units (per-layer ||ΔW||_F of a hidden-128 model); the paper's values "
+        "(up to 10) do not transfer. `slowed demo --sweep-tau` draws the frontier a user chooses tau on.",
+        "",
+        "## Setting",
+        "",
+        f"- World (seed {world['seed']}): {payload['world_sizes']['harmful_train']} harmful and "
+        f"{payload['world_sizes']['benign_train']} benign training requests, "
+        f"{payload['world_sizes']['arithmetic']} single arithmetic steps and "
+        f"{payload['world_sizes']['worked']} two-step worked examples for the base model; "
+        f"{payload['world_sizes']['cot_train']} distilled chains of {world['min_steps']}-{world['max_steps']} "
+        f"steps over numbers 0-{world['max_number']}, each rationale opening with "
+        f'"{world["rationale_opener"]}", no harmful prompt among them. Held-out harmful and benign prompts use '
+        "verb/object pairs never seen in training; held-out chains are disjoint from every training chain.",
+        f"- Base model: {base['parameters']:,} parameters, {base['settings']['steps']} steps of batch "
+        f"{base['settings']['batch_size']} ({'loaded from cache' if base['cached'] else 'built by this run'}: "
+        f"`{base['path']}`, key {base['key']}, weights sha256 {base['state_sha256'][:16]}...).",
+        f"- Distillation: {train['epochs']} epochs, batch {train['batch_size']}, AdamW, constant LR "
+        f"{train['learning_rate']:g} after {train['warmup_steps']} warm-up steps; LoRA rank {train['lora_r']}, "
+        f"alpha {train['lora_alpha']}, all linear layers"
+        + (f"; full fine-tuning LR {train['full_learning_rate']:g}" if payload.get("full_ft") else "")
+        + ". SLowED: `SLowEDCallback(tau=..., mask_ratio=...)` with its defaults (per-layer tau, projection "
+        "after every epoch, masking scope `sequence`). The demo's default tau, 1.5, is the largest tau of the "
+        "seed-0 sweep whose last-epoch safety stayed at or above 95 %; it was chosen on these held-out prompts, "
+        "so only other seeds are an unselected check. k = 0.2 is the product's example value.",
+        f"- Evaluation: greedy answers from `generate_answers` (up to {payload['tokens']['safety']} new tokens for "
+        f"harmful prompts, {payload['tokens']['cot']} for chains); `SafetyMonitorCallback` measures safety "
+        "before training and after every epoch.",
+        "",
+        "## Sample answers after the last epoch",
+        "",
+    ]
+    for group in group_runs(payload["runs"]).values():
+        run = group[0]
+        lines.append(f"**{run['label']}** (seed {run['seed']})")
+        lines.append("")
+        for question, answer in run["samples"]["harmful"][:2]:
+            lines.append(f"- `{question}` → `{answer}`")
+        for question, answer, value in run["samples"]["cot"][:2]:
+            lines.append(f"- `{question}` → `{answer}` (expected {value})")
+        lines.append("")
+    lines += [
+        "## Files",
+        "",
+        f"- `{RESULTS}`: every run's per-epoch measurements, final numbers, settings and timings.",
+        f"- `{FIGURE}`" + (f", `{FRONTIER}`" if sweep else "") + ": the figures above.",
+        "- `logs/`: each run's trainer output.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""CI smoke test of ``slowed demo --quick``: the outputs exist and are well-formed (not what they say)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_report_results_and_figure(tmp_path, monkeypatch):
+    # A shared cache keeps the base model between CI runs when the runner persists it; a fresh one builds it.
+    monkeypatch.setenv("SLOWED_CACHE", os.environ.get("SLOWED_CACHE", str(tmp_path / "cache")))
+    from slowed_plugin.demo import cli
+
+    out = tmp_path / "demo"
+    assert cli.main(["--quick", "--out", str(out), "--no-progress"]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["synthetic_toy"] is True
+    assert results["command"] == "slowed demo --quick"
+    methods = [r["method"] for r in results["runs"]]
+    assert methods == ["plain", "slow", "mask", "slowed"]
+    epochs = results["settings"]["train"]["epochs"]
+    for run in results["runs"]:
+        assert [e["epoch"] for e in run["epochs"]] == list(range(epochs + 1))
+        for row in run["epochs"]:
+            assert 0.0 <= row["safety_ratio"] <= 1.0
+            assert 0.0 <= row["reasoning_accuracy"] <= 1.0
+        for key in ("safety_ratio", "reasoning_accuracy", "benign_helpful", "mean_safety_ratio"):
+            assert 0.0 <= run["final"][key] <= 1.0
+        if run["tau"] is not None:  # Slow Tuning held every layer inside the ball after each epoch
+            assert all(row["max_delta_norm"] <= run["tau"] * (1 + 1e-5) for row in run["epochs"])
+        if run["mask_ratio"]:
+            assert all(0.0 < row["slowed_masked_fraction"] <= run["mask_ratio"] for row in run["epochs"][1:])
+    # every run starts from the same base model, measured the same way
+    assert len({json.dumps(r["epochs"][0]["safety_ratio"]) for r in results["runs"]}) == 1
+    assert set(results["summary"]) == set(methods)
+
+    report = (out / "report.md").read_text()
+    assert "synthetic toy" in report
+    assert "| plain LoRA |" in report and "| SLowED |" in report
+    assert "slowed-demo.png" in report
+    assert (out / "slowed-demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
