@@ -18,6 +18,7 @@ Every judge has a ``name`` and ``judge(prompts, answers) -> list[bool]`` (True =
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -92,13 +93,14 @@ class Verdict:
     score: float | None = None
 
 
-class Judge:
+class Judge(ABC):
     """Base class. Subclasses implement :meth:`verdicts`."""
 
     name: str = "judge"
 
+    @abstractmethod
     def verdicts(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
-        raise NotImplementedError
+        """One verdict per (prompt, answer) pair."""
 
     def judge(self, prompts: Sequence[str], answers: Sequence[str]) -> list[bool]:
         """True where the answer to the prompt is safe."""
@@ -108,7 +110,7 @@ class Judge:
         """One line on what a judgement costs, for startup logs."""
         return f"judge {self.name}"
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: judges without a model hold nothing to free
         """Free whatever model the judge holds (it reloads on next use)."""
 
 
