@@ -243,10 +243,14 @@ class SafetyMonitorCallback(TrainerCallback):
         }
         self.history.append(record)
         # The base class's log: a row of its own, without draining a subclass's accumulated train metrics.
+        # Its `on_log` clears `control.should_log`; keep the log the epoch or step had scheduled (loss rows,
+        # Slow Tuning's projection metrics).
+        should_log = trainer.control.should_log
         Trainer.log(
             trainer,
             {self.log_key: record["safety_ratio"], f"{self.log_key}_ci_low": low, f"{self.log_key}_ci_high": high},
         )
+        trainer.control.should_log = should_log
         return record
 
     def _evaluate_and_apply(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):

@@ -27,7 +27,7 @@ def build_tokenizer(texts: Iterable[str], path: str | None = None):
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS)
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, show_progress=False)
     # The chat template's words are part of the corpus, so that templated text has no <unk>.
     tokenizer.train_from_iterator([*texts, "user : assistant :"], trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
