@@ -29,8 +29,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fused_loss import KERNELS, check_finite, check_targets, normalise, select_mask
-from .masking import IGNORE_INDEX, MaskStats, shifted_targets
+from .fused_loss import KERNELS, check_targets, normalise
+from .masking import IGNORE_INDEX, MaskStats, check_finite, select_mask, shifted_targets
 
 # Rows of logits per chunk, as TRL's chunked_nll (_CHUNKED_LM_HEAD_CHUNK_SIZE).
 DEFAULT_CHUNK_SIZE = 256

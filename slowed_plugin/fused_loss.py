@@ -33,13 +33,14 @@ from typing import Any
 
 import torch
 
-from .masking import (
+from .masking import (  # noqa: F401 - check_finite and mask_stats are re-exported for the chunked paths
     IGNORE_INDEX,
     MaskStats,
+    check_finite,
+    mask_stats,
     masked_causal_lm_loss,
-    select_low_entropy,
+    select_mask,
     shifted_targets,
-    target_segments,
 )
 
 logger = logging.getLogger("slowed_plugin")
@@ -240,29 +241,6 @@ class _FusedEntropyCE(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- shared helpers
-def mask_stats(
-    entropy: torch.Tensor, candidates: torch.Tensor, dropped: torch.Tensor, segments: torch.Tensor
-) -> MaskStats:
-    """:class:`MaskStats` exactly as :func:`slowed_plugin.masking.mask_low_entropy_targets` builds them."""
-    _, inverse = torch.unique(segments.reshape(-1), return_inverse=True)
-    flat = entropy.reshape(-1)
-    dropped_entropy = torch.where(dropped.reshape(-1), flat, torch.full_like(flat, -1.0))
-    per_scope = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), -1.0, device=entropy.device)
-    per_scope = per_scope.scatter_reduce(0, inverse, dropped_entropy, reduce="amax")
-    return MaskStats(
-        candidates=candidates.sum(),
-        dropped=dropped.sum(),
-        threshold_sum=per_scope.clamp_min(0).sum(),
-        threshold_count=(per_scope >= 0).sum(),
-        entropy_sum=entropy[candidates].sum(),
-    )
-
-
-def check_finite(entropy: torch.Tensor, candidates: torch.Tensor) -> None:
-    if not torch.isfinite(entropy[candidates]).all():
-        raise FloatingPointError("SLowED: the model produced NaN or inf logits on a training target.")
-
-
 def check_targets(targets: torch.Tensor, vocab_size: int) -> None:
     bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))
     if bad.any():
@@ -280,22 +258,6 @@ def normalise(total: torch.Tensor, kept_count: torch.Tensor, num_items_in_batch:
     if torch.is_tensor(num_items_in_batch):
         return total / num_items_in_batch.clamp_min(1).to(total.device)
     return total / max(int(num_items_in_batch), 1)
-
-
-def select_mask(
-    entropy: torch.Tensor,
-    targets: torch.Tensor,
-    mask_ratio: float,
-    scope: str,
-    position_ids: torch.Tensor | None,
-    shifted: bool,
-) -> tuple[torch.Tensor, torch.Tensor, MaskStats]:
-    """Candidates, dropped targets and stats for entropies aligned with ``targets`` (B, T')."""
-    candidates = targets != IGNORE_INDEX
-    check_finite(entropy, candidates)
-    segments = target_segments(targets, scope, position_ids, shifted=shifted)
-    dropped = select_low_entropy(entropy, candidates, mask_ratio, segments)
-    return candidates, dropped, mask_stats(entropy, candidates, dropped, segments)
 
 
 # --------------------------------------------------------------------------- public API

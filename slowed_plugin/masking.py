@@ -140,6 +140,49 @@ class MaskStats:
     entropy_sum: torch.Tensor
 
 
+def check_finite(entropy: torch.Tensor, candidates: torch.Tensor) -> None:
+    """Stop on NaN/inf logits at a training target before they reach the weights."""
+    if not torch.isfinite(entropy[candidates]).all():
+        raise FloatingPointError("SLowED: the model produced NaN or inf logits on a training target.")
+
+
+def mask_stats(
+    entropy: torch.Tensor, candidates: torch.Tensor, dropped: torch.Tensor, segments: torch.Tensor
+) -> MaskStats:
+    """Metrics of one masking: counts, and per scope the highest entropy that was dropped."""
+    _, inverse = torch.unique(segments.reshape(-1), return_inverse=True)
+    flat = entropy.reshape(-1)
+    dropped_entropy = torch.where(dropped.reshape(-1), flat, torch.full_like(flat, -1.0))
+    per_scope = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), -1.0, device=entropy.device)
+    per_scope = per_scope.scatter_reduce(0, inverse, dropped_entropy, reduce="amax")
+    return MaskStats(
+        candidates=candidates.sum(),
+        dropped=dropped.sum(),
+        threshold_sum=per_scope.clamp_min(0).sum(),
+        threshold_count=(per_scope >= 0).sum(),
+        entropy_sum=entropy[candidates].sum(),
+    )
+
+
+def select_mask(
+    entropy: torch.Tensor,
+    targets: torch.Tensor,
+    mask_ratio: float,
+    scope: str,
+    position_ids: torch.Tensor | None,
+    shifted: bool,
+) -> tuple[torch.Tensor, torch.Tensor, MaskStats]:
+    """Candidates, dropped targets and stats for entropies aligned with ``targets`` (B, T').
+
+    The one place every loss path (reference, fused, chunked, reference mask) chooses its mask.
+    """
+    candidates = targets != IGNORE_INDEX
+    check_finite(entropy, candidates)
+    segments = target_segments(targets, scope, position_ids, shifted=shifted)
+    dropped = select_low_entropy(entropy, candidates, mask_ratio, segments)
+    return candidates, dropped, mask_stats(entropy, candidates, dropped, segments)
+
+
 def mask_low_entropy_targets(
     logits: torch.Tensor,
     labels: torch.Tensor | None,
@@ -151,28 +194,8 @@ def mask_low_entropy_targets(
     """Targets aligned with ``logits`` (B, T) with the low-entropy candidates set to -100."""
     targets, drop_last = shifted_targets(labels, shift_labels)
     scored = logits[:, : logits.shape[1] - drop_last] if drop_last else logits
-    candidates = targets != IGNORE_INDEX
-    entropy = token_entropy(scored)
-    if not torch.isfinite(entropy[candidates]).all():
-        raise FloatingPointError("SLowED: the model produced NaN or inf logits on a training target.")
-    segments = target_segments(targets, scope, position_ids, shifted=drop_last == 1)
-    dropped = select_low_entropy(entropy, candidates, mask_ratio, segments)
-    masked = targets.masked_fill(dropped, IGNORE_INDEX)
-
-    # Per scope, the threshold is the highest entropy that was dropped.
-    _, inverse = torch.unique(segments.reshape(-1), return_inverse=True)
-    dropped_entropy = torch.where(dropped.reshape(-1), entropy.reshape(-1), torch.full_like(entropy.reshape(-1), -1.0))
-    per_scope = torch.full((int(inverse.max()) + 1 if inverse.numel() else 0,), -1.0, device=entropy.device)
-    per_scope = per_scope.scatter_reduce(0, inverse, dropped_entropy, reduce="amax")
-    has_drop = per_scope >= 0
-    stats = MaskStats(
-        candidates=candidates.sum(),
-        dropped=dropped.sum(),
-        threshold_sum=per_scope.clamp_min(0).sum(),
-        threshold_count=has_drop.sum(),
-        entropy_sum=entropy[candidates].sum(),
-    )
-    return masked, stats
+    _, dropped, stats = select_mask(token_entropy(scored), targets, mask_ratio, scope, position_ids, drop_last == 1)
+    return targets.masked_fill(dropped, IGNORE_INDEX), stats
 
 
 def masked_causal_lm_loss(

@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from .chunked_loss import DEFAULT_CHUNK_SIZE, head_row_stats, lm_head_parameters
-from .fused_loss import check_finite
-from .masking import IGNORE_INDEX, select_low_entropy, target_segments, token_entropy
+from .masking import IGNORE_INDEX, check_finite, select_low_entropy, target_segments, token_entropy
 
 
 @contextlib.contextmanager

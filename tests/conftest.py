@@ -62,3 +62,21 @@ def model_dirs(tmp_path_factory, tokenizer_dir, tokenizer) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def llama_dir(model_dirs) -> str:
     return model_dirs["llama"]
+
+
+@pytest.fixture(params=["compiled", "eager"])
+def kernels(request, monkeypatch):
+    """Runs a fast-loss reference test on the compiled kernels (what users get) and on the eager fallback.
+
+    No skip: if compiling failed here, the "compiled" run would silently test the fallback, so it fails
+    instead (this project's machines have the C++ compiler that inductor needs on CPU).
+    """
+    from slowed_plugin.fused_loss import KERNELS
+
+    if request.param == "eager":
+        monkeypatch.setenv("SLOWED_COMPILE", "0")
+    else:
+        monkeypatch.setenv("SLOWED_COMPILE", "1")
+    yield request.param
+    if request.param == "compiled":
+        assert KERNELS.failed is None, f"torch.compile failed, the fallback ran instead: {KERNELS.failed}"

@@ -7,7 +7,6 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slowed_plugin.chunked_loss import chunked_masked_causal_lm_loss
-from slowed_plugin.fused_loss import KERNELS
 from slowed_plugin.masking import kept_token_count, masked_causal_lm_loss, token_entropy
 
 VOCAB, HIDDEN = 41, 12
@@ -17,15 +16,6 @@ TOL = {
     torch.float32: (dict(rtol=1e-5, atol=1e-6), dict(rtol=1e-4, atol=1e-6)),
     torch.bfloat16: (dict(rtol=1e-3, atol=1e-3), dict(rtol=3e-2, atol=2e-3)),
 }
-
-
-@pytest.fixture(params=["compiled", "eager"])
-def kernels(request, monkeypatch):
-    if request.param == "eager":
-        monkeypatch.setenv("SLOWED_COMPILE", "0")
-    elif not KERNELS.enabled:
-        pytest.skip(f"torch.compile unavailable here: {KERNELS.failed}")
-    return request.param
 
 
 def make_case(shape, dtype, seed=0, bias=True):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slowed_plugin import fused_loss
-from slowed_plugin.fused_loss import KERNELS, fused_masked_causal_lm_loss
+from slowed_plugin.fused_loss import fused_masked_causal_lm_loss
 from slowed_plugin.masking import kept_token_count, mask_low_entropy_targets, masked_causal_lm_loss, token_entropy
 
 # Per dtype: (loss, gradient) tolerances. The loss is float32 in both; a bf16 gradient may differ by
@@ -16,16 +16,6 @@ TOL = {
     torch.bfloat16: (dict(rtol=1e-5, atol=1e-5), dict(rtol=1.6e-2, atol=1e-5)),
 }
 VOCAB = 37
-
-
-@pytest.fixture(params=["compiled", "eager"])
-def kernels(request, monkeypatch):
-    """Every reference test runs on the compiled kernels (what users get) and on the eager fallback."""
-    if request.param == "eager":
-        monkeypatch.setenv("SLOWED_COMPILE", "0")
-    elif not KERNELS.enabled:
-        pytest.skip(f"torch.compile unavailable here: {KERNELS.failed}")
-    return request.param
 
 
 def make_case(shape, dtype, seed=0, ties=True):
