@@ -8,10 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .compatibility import check_training_args
 from .config import SLowEDConfig, SLowEDConfigError
 
 __version__ = "0.1.0"
-__all__ = ["SLowEDCallback", "SLowEDConfig", "SLowEDConfigError", "SLowEDPlugin", "__version__"]
+__all__ = [
+    "SLowEDCallback",
+    "SLowEDConfig",
+    "SLowEDConfigError",
+    "SLowEDPlugin",
+    "__version__",
+    "check_training_args",
+]
 
 if TYPE_CHECKING:
     from .axolotl.plugin import SLowEDPlugin

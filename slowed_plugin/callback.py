@@ -30,6 +30,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .chunked_loss import chunked_masked_causal_lm_loss, lm_head_parameters
+from .compatibility import check_trainer
 from .config import SLowEDConfig
 from .fused_loss import fused_masked_causal_lm_loss, warmup
 from .masking import kept_token_count, mask_low_entropy_targets
@@ -91,11 +92,9 @@ class SLowEDCallback(TrainerCallback):
             return
         if self.trainer is not None:
             raise ValueError("This SLowEDCallback is already attached to another trainer; create one per trainer.")
+        check_trainer(self.config, trainer)
         online = online_masking(self.config)
-        if online:
-            check_masking_compatible(trainer)
         if self.config.slow_tuning:
-            check_slow_tuning_compatible(trainer)
             self.tuner = SlowTuner(trainer.model, self.config.tau, self.config.tau_scope, self.config.reference_device)
         if online:
             self._install_masked_loss(trainer)
@@ -395,49 +394,6 @@ class SLowEDCallback(TrainerCallback):
         metrics.update(self._last_projection)
         self._last_projection = {}
         return metrics
-
-
-def check_masking_compatible(trainer: Trainer) -> None:
-    """Refuse trainer settings under which the masked loss would not be the one that trains."""
-    args = trainer.args
-    if getattr(args, "use_liger_kernel", False):
-        raise ValueError(
-            "SLowED's Low-Entropy Masking needs the model's logits, which `use_liger_kernel=True` never "
-            "materialises. Set `use_liger_kernel=False` (SLowED computes the loss itself) or `mask_ratio: 0`."
-        )
-    if getattr(args, "loss_type", None) == "dft":
-        raise ValueError(
-            "SLowED's Low-Entropy Masking is not defined for `loss_type='dft'` (DFT reweights every token). "
-            "Use `loss_type='nll'` or the default `'chunked_nll'`, or set `mask_ratio: 0`."
-        )
-    if getattr(args, "label_smoothing_factor", 0) != 0:
-        raise ValueError(
-            "SLowED's Low-Entropy Masking cannot mask a label-smoothed loss: got "
-            f"`label_smoothing_factor={args.label_smoothing_factor}`. Set it to 0 or set `mask_ratio: 0`."
-        )
-    model = trainer.model
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        raise ValueError("SLowED's Low-Entropy Masking supports causal language models; this model is encoder-decoder.")
-
-
-def check_slow_tuning_compatible(trainer: Trainer) -> None:
-    """Refuse sharding engines whose parameters Slow Tuning cannot see whole."""
-    if getattr(trainer, "is_fsdp_enabled", False):
-        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
-        version = getattr(plugin, "fsdp_version", 1)
-        if version != 2:
-            raise ValueError(
-                f"Slow Tuning supports FSDP2 (DTensor parameters, gathered for the norm); got fsdp_version={version}, "
-                "whose flattened parameters hide each weight. Set `fsdp_version: 2` or `tau: null`."
-            )
-    if getattr(trainer, "is_deepspeed_enabled", False):
-        # Every ZeRO stage copies its fp32 master weights back over the model's after each step, which would undo
-        # an in-place projection of the model's weights.
-        raise ValueError(
-            "Slow Tuning does not support DeepSpeed: ZeRO keeps fp32 master weights that overwrite the projected "
-            "ones after every step. Use DDP or FSDP2 (`fsdp_version: 2`), or set `tau: null`."
-        )
 
 
 def _calling_trainer(callback: SLowEDCallback) -> Trainer | None:

@@ -206,3 +206,63 @@ def __getattr__(name: str) -> Any:
 def seeded(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with the test plugin that makes LoRA's initialisation the same in every run."""
     return {**config, "plugins": [*(config.get("plugins") or []), SEED_PLUGIN]}
+
+
+# ---------------------------------------------------------------------------------------------- config validation
+
+PLUGIN = "slowed_plugin.SLowEDPlugin"
+CCE = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+LIGER = "axolotl.integrations.liger.LigerPlugin"
+KD = "axolotl.integrations.kd.KDPlugin"
+
+# Never loaded: validation does not touch the model.
+BASE_CONFIG = {
+    "base_model": "meta-llama/Llama-3.2-1B-Instruct",
+    "datasets": [{"path": "data/cot.jsonl", "ds_type": "json", "type": "alpaca"}],
+    "sequence_len": 512,
+    "adapter": "lora",
+    "lora_r": 8,
+    "lora_alpha": 16,
+    "lora_target_linear": True,
+    "micro_batch_size": 1,
+    "num_epochs": 1,
+    "learning_rate": 1e-4,
+    "output_dir": "./outputs/test",
+    "plugins": [PLUGIN],
+    "slowed": [10.0, 0.2],
+}
+
+
+def validate_axolotl(overrides: dict | None = None, drop: tuple[str, ...] = ()):
+    """Axolotl's own ``validate_config`` on ``BASE_CONFIG`` + ``overrides``, with exactly its plugins registered."""
+    import copy
+    import logging
+
+    from axolotl.integrations.base import PluginManager
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    logging.getLogger("axolotl").setLevel(logging.WARNING)
+    cfg = {k: v for k, v in {**BASE_CONFIG, **(overrides or {})}.items() if k not in drop}
+    manager = PluginManager.get_instance()
+    saved = dict(manager.plugins)
+    manager.plugins.clear()
+    try:
+        for name in cfg.get("plugins") or []:
+            manager.register(name)
+        return validate_config(DictDefault(copy.deepcopy(cfg)))
+    finally:
+        manager.plugins.clear()
+        manager.plugins.update(saved)
+
+
+def axolotl_rejection(overrides: dict | None = None, drop: tuple[str, ...] = ()) -> str:
+    """The one message with which Axolotl's validation rejects the config (fails if it is accepted)."""
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as info:
+        validate_axolotl(overrides, drop)
+    messages = [str(e["msg"]).removeprefix("Value error, ") for e in info.value.errors()]
+    assert len(messages) == 1, messages
+    return messages[0]

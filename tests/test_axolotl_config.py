@@ -2,72 +2,20 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import subprocess
 import sys
 
 import pytest
+from axolotl_helpers import BASE_CONFIG as BASE
+from axolotl_helpers import CCE, LIGER, PLUGIN, validate_axolotl
 
 from slowed_plugin import SLowEDConfig
-
-PLUGIN = "slowed_plugin.SLowEDPlugin"
-CCE = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
-LIGER = "axolotl.integrations.liger.LigerPlugin"
-KD = "axolotl.integrations.kd.KDPlugin"
-
-# Never loaded: validation does not touch the model.
-BASE = {
-    "base_model": "meta-llama/Llama-3.2-1B-Instruct",
-    "datasets": [{"path": "data/cot.jsonl", "ds_type": "json", "type": "alpaca"}],
-    "sequence_len": 512,
-    "adapter": "lora",
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_target_linear": True,
-    "micro_batch_size": 1,
-    "num_epochs": 1,
-    "learning_rate": 1e-4,
-    "output_dir": "./outputs/test",
-    "plugins": [PLUGIN],
-    "slowed": [10.0, 0.2],
-}
 
 
 @pytest.fixture(scope="module")
 def validate():
-    """Axolotl's own ``validate_config`` with exactly the config's plugins registered."""
-    from axolotl.integrations.base import PluginManager
-    from axolotl.utils.config import validate_config
-    from axolotl.utils.dict import DictDefault
-
-    logging.getLogger("axolotl").setLevel(logging.WARNING)
-
-    def run(overrides: dict | None = None, drop: tuple[str, ...] = ()):
-        cfg = {k: v for k, v in {**BASE, **(overrides or {})}.items() if k not in drop}
-        manager = PluginManager.get_instance()
-        saved = dict(manager.plugins)
-        manager.plugins.clear()
-        try:
-            for name in cfg.get("plugins") or []:
-                manager.register(name)
-            return validate_config(DictDefault(copy.deepcopy(cfg)))
-        finally:
-            manager.plugins.clear()
-            manager.plugins.update(saved)
-
-    return run
-
-
-def _rejection(validate, **kwargs) -> str:
-    from pydantic import ValidationError
-
-    with pytest.raises(ValidationError) as info:
-        validate(**kwargs)
-    messages = [str(e["msg"]).removeprefix("Value error, ") for e in info.value.errors()]
-    assert len(messages) == 1, messages
-    assert "\n" not in messages[0]
-    return messages[0]
+    return validate_axolotl
 
 
 # ---------------------------------------------------------------------------------------------- the package
@@ -125,67 +73,8 @@ def test_the_key_is_dropped_without_the_plugin(validate):
     assert validate({"plugins": []}).get("slowed") is None
 
 
-@pytest.mark.parametrize(
-    "value, expected",
-    [
-        ([-1, 0.2], "`slowed.tau` must be a finite number > 0, or null to turn Slow Tuning off; got -1."),
-        ({"tau": 10, "mask_ratio": 1.5}, "`slowed.mask_ratio` must be a number with 0 <= mask_ratio < 1"),
-        ({"tau": 10}, "`slowed.mask_ratio` is required"),
-        ({"tau": 10, "mask_ratio": 0.2, "mask_scop": "batch"}, "`slowed.mask_scop` is not a SLowED key"),
-        ({"tau": 10, "mask_ratio": 0.2, "mask_scope": "token"}, "`slowed.mask_scope` must be one of batch, sequence"),
-        ([10, 0.2, 3], "`slowed` short form must be [tau, mask_ratio] with 2 values, got 3"),
-        ("on", "`slowed` must be a mapping such as {tau: 10.0, mask_ratio: 0.2}"),
-        ({"tau": True, "mask_ratio": 0.2}, "`slowed.tau` must be a finite number > 0"),
-    ],
-)
-def test_bad_values_fail_validation_naming_key_value_and_what_is_allowed(validate, value, expected):
-    message = _rejection(validate, overrides={"slowed": value})
-    assert expected in message
-
-
-def test_invalid_value_is_rejected_before_any_model_is_loaded(validate, monkeypatch):
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("validation must not load a model")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
-    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", refuse)
-    assert "`slowed.tau`" in _rejection(validate, overrides={"slowed": [0, 0.2]})
-
-
 # ---------------------------------------------------------------------------------------------- cross-key rules
-
-REJECTED = {
-    "dora": ({"peft_use_dora": True}, ["DoRA", "peft_use_dora: false", "slowed.tau: null"]),
-    "llama-adapter": ({"adapter": "llama-adapter"}, ["`adapter: llama-adapter`", "slowed.tau: null"]),
-    "pissa": ({"peft_init_lora_weights": "pissa"}, ["ΔW = 0", "`peft_init_lora_weights: pissa`"]),
-    "loftq": ({"peft": {"loftq_config": {"loftq_bits": 4}}}, ["LoftQ", "peft.loftq_config"]),
-    "loaded adapter": ({"lora_model_dir": "./old-adapter"}, ["lora_model_dir", "merge-lora"]),
-    "relora": ({"relora": True, "jagged_restart_steps": 100}, ["ReLoRA", "relora: false"]),
-    "deepspeed": ({"deepspeed": "deepspeed_configs/zero2.json"}, ["deepspeed", "fp32 master copy", "slowed.tau: null"]),
-    "fsdp1": (
-        {"fsdp_version": 1, "fsdp_config": {"fsdp_offload_params": False}},
-        ["FSDP2 only", "got FSDP1", "fsdp_version: 2", "slowed.tau: null"],
-    ),
-    "cce": ({"plugins": [PLUGIN, CCE], "bf16": True}, [PLUGIN, CCE, "cut_cross_entropy: false", "mask_ratio: 0"]),
-    "liger flce": (
-        {"plugins": [PLUGIN, LIGER], "liger_fused_linear_cross_entropy": True},
-        [PLUGIN, LIGER, "liger_fused_linear_cross_entropy: false", "mask_ratio: 0"],
-    ),
-    "kd": ({"plugins": [PLUGIN, KD], "kd_trainer": True}, [PLUGIN, KD, "mask_ratio: 0"]),
-    "rl": ({"rl": "dpo", "datasets": [{"path": "data/pairs.jsonl", "type": "chatml.intel"}]}, ["`rl: dpo`"]),
-    "context parallel": ({"context_parallel_size": 2}, ["context_parallel_size: 2", "mask_ratio: 0"]),
-}
-
-
-@pytest.mark.parametrize("case", sorted(REJECTED))
-def test_settings_slowed_cannot_honour_exactly_are_rejected(validate, case):
-    overrides, fragments = REJECTED[case]
-    message = _rejection(validate, overrides=overrides)
-    for fragment in fragments:
-        assert fragment in message, (fragment, message)
-
+# The settings SLowED refuses are in tests/test_bad_input.py.
 
 ACCEPTED = {
     "dora without slow tuning": {"peft_use_dora": True, "slowed": [None, 0.2]},

@@ -1,0 +1,92 @@
+"""Which trainer settings SLowED cannot honour exactly.
+
+The settings that live in ``TrainingArguments`` / ``SFTConfig`` are checked on the arguments alone, so that
+a TRL script can fail before it loads a model (``check_training_args(config, args)``); the callback runs the
+same checks again when it attaches, together with those that need the built trainer (the model's kind, a
+sharding engine configured by ``accelerate launch`` rather than by the arguments). Every message names the
+setting, its value, and what SLowED accepts instead, on one line.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import SLowEDConfig, SLowEDConfigError
+
+if TYPE_CHECKING:
+    from transformers import Trainer, TrainingArguments
+
+
+def check_training_args(config: SLowEDConfig | dict | list | tuple, args: TrainingArguments) -> None:
+    """Raise :class:`SLowEDConfigError` if ``args`` holds a setting under which ``config`` would not run as set.
+
+    Needs no model: call it right after building the ``SFTConfig`` to fail before loading one.
+    """
+    config = SLowEDConfig.from_value(config)
+    if config.masking and config.entropy_source == "online":
+        _check_masking_args(args)
+    if config.slow_tuning:
+        fsdp_plugin_args = getattr(args, "fsdp_plugin_args", None)
+        if fsdp_plugin_args:
+            _check_fsdp_version(fsdp_plugin_args.get("fsdp_version", 1))
+        if getattr(args, "deepspeed", None):
+            _refuse_deepspeed(f"`deepspeed={args.deepspeed!r}`")
+        if getattr(args, "deepspeed_plugin", None) is not None:
+            _refuse_deepspeed("`ACCELERATE_USE_DEEPSPEED=true`")
+
+
+def check_trainer(config: SLowEDConfig, trainer: Trainer) -> None:
+    """:func:`check_training_args`, plus the checks that need the built trainer."""
+    check_training_args(config, trainer.args)
+    if config.masking and config.entropy_source == "online":
+        model_config = getattr(trainer.model, "config", None)
+        if getattr(model_config, "is_encoder_decoder", False):
+            raise SLowEDConfigError(
+                f"SLowED's Low-Entropy Masking supports causal language models; got an encoder-decoder model "
+                f"({type(trainer.model).__name__}). Use a decoder-only model or set `mask_ratio: 0`."
+            )
+    if config.slow_tuning:
+        # `accelerate launch` with an FSDP or DeepSpeed config enables the engine without touching the arguments.
+        if getattr(trainer, "is_fsdp_enabled", False):
+            plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+            _check_fsdp_version(getattr(plugin, "fsdp_version", 1))
+        if getattr(trainer, "is_deepspeed_enabled", False):
+            _refuse_deepspeed("DeepSpeed from the accelerate config")
+
+
+def _check_masking_args(args: TrainingArguments) -> None:
+    if getattr(args, "use_liger_kernel", False):
+        raise SLowEDConfigError(
+            "SLowED's Low-Entropy Masking needs the model's per-token entropies, which `use_liger_kernel=True` "
+            "never materialises. Set `use_liger_kernel=False` (SLowED computes the loss itself) or `mask_ratio: 0`."
+        )
+    loss_type = getattr(args, "loss_type", None)
+    if loss_type == "dft":
+        raise SLowEDConfigError(
+            "SLowED's Low-Entropy Masking is not defined for `loss_type='dft'` (DFT reweights every token). "
+            "Use `loss_type='nll'` or the default `'chunked_nll'`, or set `mask_ratio: 0`."
+        )
+    smoothing = getattr(args, "label_smoothing_factor", 0)
+    if smoothing:
+        raise SLowEDConfigError(
+            f"SLowED's Low-Entropy Masking cannot mask a label-smoothed loss: got `label_smoothing_factor={smoothing}`. "
+            "Set it to 0 or set `mask_ratio: 0`."
+        )
+
+
+def _check_fsdp_version(version: Any) -> None:
+    if version != 2:
+        raise SLowEDConfigError(
+            f"Slow Tuning supports FSDP2 only (DTensor parameters, gathered for the norm); got fsdp_version={version}, "
+            "whose flattened parameters hide each weight. Set `fsdp_config={'version': 2}` (Axolotl: "
+            "`fsdp_version: 2`) or `tau: null`."
+        )
+
+
+def _refuse_deepspeed(setting: str) -> None:
+    # Every ZeRO stage copies its fp32 master weights back over the model's after each step, which would undo
+    # an in-place projection of the model's weights.
+    raise SLowEDConfigError(
+        f"Slow Tuning does not support DeepSpeed (got {setting}): ZeRO keeps fp32 master weights that "
+        "overwrite the projected ones after every step. Use DDP or FSDP2, or set `tau: null`."
+    )
