@@ -80,6 +80,7 @@ class SLowEDCallback(TrainerCallback):
         # counts of candidates and dropped targets, sum and count of per-scope thresholds
         self._mask_sums = torch.zeros(4, dtype=torch.float64)
         self._last_projection: dict[str, float] = {}
+        self._projected_at: int | None = None  # global step of the last projection
         # Guards that masking really trains (another component may compute the loss instead).
         self._loss_func_at_attach: Any = None
         self._masked_loss_ran = False
@@ -148,15 +149,15 @@ class SLowEDCallback(TrainerCallback):
         every = self.config.project_every
         last = state.max_steps > 0 and state.global_step >= state.max_steps
         if self.tuner is not None and (last or (every != "epoch" and state.global_step % every == 0)):
-            self._project(control)
+            self._project(state, control)
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self.tuner is not None and self.config.project_every == "epoch":
-            self._project(control)
+            self._project(state, control)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        # After `on_step_end` of the last step this finds nothing to scale; it guards a loop that ended otherwise.
-        if self.tuner is not None:
+        # Guards a loop that ended without reaching `on_step_end` of its last step.
+        if self.tuner is not None and self._projected_at != state.global_step:
             self.tuner.project()
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -178,7 +179,12 @@ class SLowEDCallback(TrainerCallback):
             )
         self.tuner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
-    def _project(self, control: TrainerControl) -> None:
+    def _project(self, state: TrainerState, control: TrainerControl) -> None:
+        # A run that ends at `max_steps` on an epoch boundary reaches here twice for one step; no optimizer step
+        # came between, so the second pass would find nothing to scale (and log a misleading second row).
+        if self._projected_at == state.global_step:
+            return
+        self._projected_at = state.global_step
         report = self.tuner.project()
         self._last_projection = {
             "slowed/max_delta_norm": report.max_norm,

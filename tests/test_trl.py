@@ -125,6 +125,16 @@ def test_project_every_steps(llama_dir, cot_rows, tmp_path):
     assert steps[:2] == [2, 4]
 
 
+def test_one_projection_row_when_the_last_step_ends_an_epoch(llama_dir, cot_rows, tmp_path):
+    # 8 examples at batch 4: the run's last step (2) is also the epoch's; it projects once, not twice.
+    callback = SLowEDCallback(tau=0.05, mask_ratio=0.0)
+    trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path / "run", [callback], max_steps=-1, num_train_epochs=1)
+    trainer.train()
+    steps = [e["step"] for e in trainer.state.log_history if "slowed/layers_projected" in e]
+    assert steps == [2]
+    assert _history(trainer, "slowed/layers_projected")[0] > 0
+
+
 def test_full_fine_tuning(llama_dir, cot_rows, tmp_path):
     callback = SLowEDCallback(tau=0.2, mask_ratio=0.2, tau_scope="global")
     trainer = sft_trainer(
