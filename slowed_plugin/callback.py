@@ -17,6 +17,7 @@ When the trainer is built (``on_init_end``) the callback attaches itself to it:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .chunked_loss import chunked_masked_causal_lm_loss, lm_head_parameters
 from .compatibility import check_trainer
@@ -97,6 +99,8 @@ class SLowEDCallback(TrainerCallback):
         online = online_masking(self.config)
         if self.config.slow_tuning:
             self.tuner = SlowTuner(trainer.model, self.config.tau, self.config.tau_scope, self.config.reference_device)
+            if self.tuner.dense:
+                self._install_reference_save(trainer)
         if online:
             self._install_masked_loss(trainer)
             self._install_step_count(trainer)
@@ -160,15 +164,24 @@ class SLowEDCallback(TrainerCallback):
         if self.tuner is not None and self._projected_at != state.global_step:
             self.tuner.project()
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        # Full fine-tuning needs its start weights to resume exactly; LoRA's start is ΔW = 0.
-        if self.tuner is not None and self.tuner.dense and _is_main_process(args):
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                # Write then rename: an interrupted save never leaves a truncated file in a checkpoint.
-                path = os.path.join(folder, REFERENCE_FILE)
-                torch.save(self.tuner.state_dict(), path + ".tmp")
-                os.replace(path + ".tmp", path)
+    def _install_reference_save(self, trainer: Trainer) -> None:
+        """Full fine-tuning needs its start weights to resume exactly (LoRA's start is ΔW = 0). They are written
+        right after the model, inside transformers' checkpoint save: before ``trainer_state.json`` (so a checkpoint
+        that transformers can resume always has them) and before ``save_total_limit`` deletes older checkpoints
+        (``on_save`` runs after that deletion, so a failed write there could leave no resumable checkpoint)."""
+        save_model = trainer.save_model
+
+        def save_model_with_reference(output_dir: str | None = None, _internal_call: bool = False) -> None:
+            save_model(output_dir, _internal_call=_internal_call)
+            if (
+                _internal_call
+                and output_dir is not None
+                and os.path.basename(os.path.normpath(output_dir)).startswith(PREFIX_CHECKPOINT_DIR)
+                and _is_main_process(trainer.args)
+            ):
+                _atomic_save(self.tuner.state_dict(), os.path.join(output_dir, REFERENCE_FILE))
+
+        trainer.save_model = save_model_with_reference
 
     def _load_reference(self, args: TrainingArguments, state: TrainerState) -> None:
         path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}", REFERENCE_FILE)
@@ -411,6 +424,19 @@ def _calling_trainer(callback: SLowEDCallback) -> Trainer | None:
             return candidate
         frame = frame.f_back
     return None
+
+
+def _atomic_save(obj: Any, path: str) -> None:
+    """Write then rename, so a checkpoint never holds a truncated file under its real name; on any failure the
+    temporary file is removed too."""
+    tmp = path + ".tmp"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _is_main_process(args: TrainingArguments) -> bool:

@@ -2,15 +2,11 @@
 
 import pytest
 import torch
-from trl_helpers import GradientCatcher, sft_trainer, trainable_state
+from trl_helpers import GradientCatcher, history, sft_trainer, trainable_state
 
 from slowed_plugin import SLowEDCallback
 from slowed_plugin.masking import mask_low_entropy_targets
 from slowed_plugin.slow_tuning import SlowTuner
-
-
-def _history(trainer, key):
-    return [entry[key] for entry in trainer.state.log_history if key in entry]
 
 
 @pytest.mark.parametrize("loss_type", ["chunked_nll", "nll"])
@@ -24,7 +20,7 @@ def test_off_reproduces_plain_sft_exactly(llama_dir, cot_rows, tmp_path, loss_ty
     a, b = trainable_state(plain.model), trainable_state(off.model)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert _history(plain, "loss") == _history(off, "loss")
+    assert history(plain, "loss") == history(off, "loss")
 
 
 def test_masking_that_drops_nothing_matches_plain_loss(llama_dir, cot_rows, tmp_path):
@@ -33,8 +29,8 @@ def test_masking_that_drops_nothing_matches_plain_loss(llama_dir, cot_rows, tmp_
     plain.train()
     ours = sft_trainer(llama_dir, cot_rows, tmp_path / "ours", [SLowEDCallback(tau=None, mask_ratio=1e-4)], max_steps=2)
     ours.train()
-    assert _history(ours, "slowed/masked_fraction") == [0.0, 0.0]
-    assert _history(ours, "loss") == pytest.approx(_history(plain, "loss"), rel=1e-5)
+    assert history(ours, "slowed/masked_fraction") == [0.0, 0.0]
+    assert history(ours, "loss") == pytest.approx(history(plain, "loss"), rel=1e-5)
     # Different kernels (fused/chunked vs TRL's) agree to ~1e-8 in the gradient; Adam's first steps magnify
     # rounding in tiny gradients to a few 1e-6 in the weights.
     a, b = trainable_state(plain.model), trainable_state(ours.model)
@@ -85,12 +81,12 @@ def test_masking_changes_training_and_logs_metrics(llama_dir, cot_rows, tmp_path
     plain.train()
     masked = sft_trainer(llama_dir, cot_rows, tmp_path / "masked", [SLowEDCallback(tau=None, mask_ratio=0.5)])
     masked.train()
-    fractions = _history(masked, "slowed/masked_fraction")
+    fractions = history(masked, "slowed/masked_fraction")
     assert len(fractions) == 4
     # floor per example: slightly under the ratio, never over it
     assert all(0.4 < f <= 0.5 for f in fractions)
-    assert all(t > 0 for t in _history(masked, "slowed/entropy_threshold"))
-    assert _history(masked, "loss") != _history(plain, "loss")
+    assert all(t > 0 for t in history(masked, "slowed/entropy_threshold"))
+    assert history(masked, "loss") != history(plain, "loss")
 
 
 def test_eval_loss_stays_plain(llama_dir, cot_rows, tmp_path):
@@ -109,8 +105,8 @@ def test_slowed_lora_bound_holds_after_max_steps_save_and_reload(model_dirs, cot
     # 24 examples per epoch at batch 4: max_steps=3 stops mid-epoch, before any epoch-end projection.
     trainer = sft_trainer(model_dirs[family], cot_rows[:24], tmp_path / "run", [callback], max_steps=3)
     trainer.train()
-    assert _history(trainer, "slowed/layers_projected")[0] > 0
-    assert _history(trainer, "slowed/max_delta_norm")[0] > 0.05
+    assert history(trainer, "slowed/layers_projected")[0] > 0
+    assert history(trainer, "slowed/max_delta_norm")[0] > 0.05
     trainer.save_model(str(tmp_path / "final"))
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dirs[family]), tmp_path / "final")
     norms = SlowTuner(reloaded, tau=0.05, check_start=False).norms()
@@ -132,7 +128,7 @@ def test_one_projection_row_when_the_last_step_ends_an_epoch(llama_dir, cot_rows
     trainer.train()
     steps = [e["step"] for e in trainer.state.log_history if "slowed/layers_projected" in e]
     assert steps == [2]
-    assert _history(trainer, "slowed/layers_projected")[0] > 0
+    assert history(trainer, "slowed/layers_projected")[0] > 0
 
 
 def test_full_fine_tuning(llama_dir, cot_rows, tmp_path):
@@ -144,7 +140,7 @@ def test_full_fine_tuning(llama_dir, cot_rows, tmp_path):
     trainer.train()
     delta = torch.sqrt(sum(((p.detach() - initial[n]) ** 2).sum() for n, p in trainer.model.named_parameters()))
     assert float(delta) <= 0.2 * (1 + 1e-5)
-    assert _history(trainer, "slowed/max_delta_norm")[0] > 0.2
+    assert history(trainer, "slowed/max_delta_norm")[0] > 0.2
 
 
 @pytest.mark.slow
@@ -162,7 +158,7 @@ def test_qlora_4bit(llama_dir, cot_rows, tmp_path):
     trainer.train()
     assert any("Linear4bit" in type(m).__name__ for m in trainer.model.modules())
     assert torch.all(callback.tuner.norms() <= 0.05 * (1 + 1e-5))
-    assert 0.2 < _history(trainer, "slowed/masked_fraction")[0] <= 0.3
+    assert 0.2 < history(trainer, "slowed/masked_fraction")[0] <= 0.3
 
 
 def test_dft_is_refused_at_construction(llama_dir, cot_rows, tmp_path):
@@ -201,7 +197,7 @@ def test_custom_loss_receives_masked_labels(llama_dir, cot_rows, tmp_path):
     trainer.train()
     kept, divisor = seen[0]
     assert kept == int(divisor)  # the loss is normalised by the kept count of the step
-    assert 0.4 < _history(trainer, "slowed/masked_fraction")[0] <= 0.5
+    assert 0.4 < history(trainer, "slowed/masked_fraction")[0] <= 0.5
 
 
 def test_packed_examples_are_masked_one_by_one(llama_dir, cot_rows, tmp_path):
@@ -225,7 +221,7 @@ def test_packed_examples_are_masked_one_by_one(llama_dir, cot_rows, tmp_path):
         if packing:
             assert batch["input_ids"].shape[0] < 8 and "position_ids" in batch  # really packed
         trainer.train()
-        fractions[packing] = _history(trainer, "slowed/masked_fraction")[0]
+        fractions[packing] = history(trainer, "slowed/masked_fraction")[0]
     assert fractions[True] == fractions[False]
 
 
@@ -234,7 +230,7 @@ def test_safety_monitor_key_adds_the_monitor(llama_dir, cot_rows, tmp_path):
     callback = SLowEDCallback(tau=1.0, mask_ratio=0.2, safety_monitor=monitor)
     trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path / "run", [callback], max_steps=2, num_train_epochs=1)
     trainer.train()
-    ratios = _history(trainer, "slowed/safety_ratio")
+    ratios = history(trainer, "slowed/safety_ratio")
     assert len(ratios) >= 2 and all(0.0 <= r <= 1.0 for r in ratios)  # at start and at the end of the epoch
 
 
@@ -252,5 +248,5 @@ def test_safety_monitor_keeps_the_epoch_log(llama_dir, cot_rows, tmp_path):
         logging_strategy="epoch",
     )
     trainer.train()
-    assert len(_history(trainer, "loss")) == 2
-    assert len(_history(trainer, "slowed/layers_projected")) >= 2
+    assert len(history(trainer, "loss")) == 2
+    assert len(history(trainer, "slowed/layers_projected")) >= 2

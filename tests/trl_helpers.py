@@ -59,3 +59,8 @@ class GradientCatcher:
                     self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
         return _Catcher()
+
+
+def history(trainer, key):
+    """Every logged value of ``key``, in order."""
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
