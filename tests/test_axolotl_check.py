@@ -9,23 +9,8 @@ import sys
 
 import pytest
 import yaml
-
-PLUGIN = "slowed_plugin.SLowEDPlugin"
-RECIPE = {
-    "base_model": "meta-llama/Llama-3.2-1B-Instruct",
-    "datasets": [{"path": "data/cot.jsonl", "ds_type": "json", "type": "alpaca"}],
-    "sequence_len": 512,
-    "adapter": "lora",
-    "lora_r": 8,
-    "lora_alpha": 16,
-    "lora_target_linear": True,
-    "micro_batch_size": 1,
-    "num_epochs": 1,
-    "learning_rate": 1e-4,
-    "output_dir": "./outputs/test",
-    "plugins": [PLUGIN],
-    "slowed": [10.0, 0.2],
-}
+from axolotl_helpers import BASE_CONFIG as RECIPE
+from axolotl_helpers import PLUGIN
 
 
 def _write(tmp_path, recipe: dict, name: str = "recipe.yaml") -> str:
