@@ -194,12 +194,12 @@ COMPAT_ROWS = {
     "FSDP1": {"fsdp_config": {"fsdp_offload_params": False}},
     "Tensor parallel": {"tensor_parallel_size": 2},
     "Context parallel": {"context_parallel_size": 2},
-    "DDP, several GPUs": {},
+    "DDP": {},
     "EAFT": {"use_eaft": True},
     "KD trainer": {"kd_trainer": True},
     "RL": {"rl": "dpo"},
 }
-E2E_TESTED = {"LoRA", "QLoRA", "Full fine-tuning", "Sample packing", "Gradient accumulation"}
+E2E_TESTED = {"LoRA", "QLoRA", "Full fine-tuning", "Sample packing", "Gradient accumulation", "DDP"}
 
 
 def _compat_table() -> dict[str, tuple[str, str]]:

@@ -242,7 +242,7 @@ def _bf16_run(llama_dir, cot_rows, out, loss_type, weights, extra=()):
 
 
 @pytest.fixture(scope="module")
-def fp32history(llama_dir, cot_rows, tmp_path_factory):
+def fp32_history(llama_dir, cot_rows, tmp_path_factory):
     """The same run in float32, once per loss path."""
     cache = {}
 
@@ -272,7 +272,7 @@ def test_bf16_on_cpu(llama_dir, cot_rows, tmp_path, loss_type, weights, fp32_his
     assert all(0.2 < f <= 0.3 for f in history(trainer, "slowed/masked_fraction"))
     assert all(math.isfinite(t) and t > 0 for t in history(trainer, "slowed/entropy_threshold"))
     # ... and the same losses as in float32 up to bf16 rounding (the loss kernels accumulate in float32).
-    reference = fp32history(loss_type)
+    reference = fp32_history(loss_type)
     assert losses == pytest.approx([e["loss"] for e in reference if "loss" in e], rel=1e-3)
 
 
