@@ -36,9 +36,11 @@ def check_training_args(config: SLowEDConfig | dict | list | tuple, args: Traini
 
 
 def check_trainer(config: SLowEDConfig, trainer: Trainer) -> None:
-    """:func:`check_training_args`, plus the checks that need the built trainer."""
-    check_training_args(config, trainer.args)
+    """The rules of :func:`check_training_args` on a built trainer, plus those that need it: the model's kind, and
+    a sharding engine enabled by an accelerate config file rather than by the arguments."""
+    args = trainer.args
     if config.masking and config.entropy_source == "online":
+        _check_masking_args(args)
         model_config = getattr(trainer.model, "config", None)
         if getattr(model_config, "is_encoder_decoder", False):
             raise SLowEDConfigError(
@@ -46,12 +48,13 @@ def check_trainer(config: SLowEDConfig, trainer: Trainer) -> None:
                 f"({type(trainer.model).__name__}). Use a decoder-only model or set `mask_ratio: 0`."
             )
     if config.slow_tuning:
-        # `accelerate launch` with an FSDP or DeepSpeed config enables the engine without touching the arguments.
+        # The trainer's own flags cover both ways of enabling an engine: the arguments and the accelerate config.
         if getattr(trainer, "is_fsdp_enabled", False):
             plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
             _check_fsdp_version(getattr(plugin, "fsdp_version", 1))
         if getattr(trainer, "is_deepspeed_enabled", False):
-            _refuse_deepspeed("DeepSpeed from the accelerate config")
+            deepspeed = getattr(args, "deepspeed", None)
+            _refuse_deepspeed(f"`deepspeed={deepspeed!r}`" if deepspeed else "DeepSpeed from the accelerate config")
 
 
 def _check_masking_args(args: TrainingArguments) -> None:

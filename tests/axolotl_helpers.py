@@ -87,15 +87,24 @@ class Run:
     def output_dir(self) -> Path:
         return self.workdir / self.config["output_dir"]
 
-    def start(self, threads: int = 1) -> Run:
+    def start(self, threads: int = 1, processes: int = 1) -> Run:
+        """Start training; with ``processes > 1``, DDP on CPU as in ``tests/axolotl_cpu_ddp.py`` (torchrun,
+        ``ACCELERATE_USE_CPU=true``; the config must list that module's plugin)."""
         with open(self.config_path, "w", encoding="utf-8") as handle:
             yaml.safe_dump(self.config, handle, sort_keys=False)
+        env = offline_env(threads)
+        if processes == 1:
+            command = [sys.executable, "-c", AXOLOTL_MAIN, "train", str(self.config_path), "--launcher", "python"]
+        else:
+            env["ACCELERATE_USE_CPU"] = "true"
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+            command += ["-m", "axolotl.cli.train", str(self.config_path)]
         log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in wait()
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", AXOLOTL_MAIN, "train", str(self.config_path), "--launcher", "python"],
+            command,
             cwd=self.workdir,
-            env=offline_env(threads),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -17,15 +17,11 @@ without the extra launcher process.
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-import yaml
 from axolotl_cpu_ddp import PLUGIN, rank_file
-from axolotl_helpers import Run, load_recipe, offline_env
+from axolotl_helpers import Run, load_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -50,21 +46,7 @@ def run(tmp_path_factory):
         "output_dir": "./outputs/ddp",
         "dataset_prepared_path": "./prepared/ddp",
     }
-    result = Run("ddp", workdir, config)
-    with open(result.config_path, "w", encoding="utf-8") as handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
-    env = {**offline_env(threads=1), "ACCELERATE_USE_CPU": "true"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "axolotl.cli.train", str(result.config_path)]
-    started = time.perf_counter()
-    with open(result.log_path, "w", encoding="utf-8") as log:
-        try:
-            result.returncode = subprocess.run(
-                command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300
-            ).returncode
-        except subprocess.TimeoutExpired:
-            result.returncode = -1
-    result.seconds = time.perf_counter() - started
+    result = Run("ddp", workdir, config).start(processes=2).wait(timeout=300)
     print(f"axolotl train on 2 CPU ranks: {result.seconds:.1f} s")
     return result.check()
 
