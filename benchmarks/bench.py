@@ -91,8 +91,8 @@ def _loss_inputs(tokens: int):
 def _loss_methods():
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from slowed_plugin.fused_loss import fused_masked_causal_lm_loss
-    from slowed_plugin.masking import masked_causal_lm_loss
+    from slowed_plugin.core.logits_loss import fused_masked_causal_lm_loss
+    from slowed_plugin.core.masking import masked_causal_lm_loss
 
     def stock(logits, labels):
         return ForCausalLMLoss(logits, labels, VOCAB)
@@ -116,7 +116,7 @@ def worker_loss(tokens: int, reps: int, methods: list[str]) -> dict:
 
     import torch
 
-    from slowed_plugin.fused_loss import KERNELS, warmup
+    from slowed_plugin.core.logits_loss import KERNELS, warmup
 
     compile_s = warmup(VOCAB, (torch.bfloat16,))
     logits, labels = _loss_inputs(tokens)
@@ -231,8 +231,8 @@ def worker_steps(variants: list[str], rounds: int, steps: int, batch: int, lengt
     import trl  # noqa: F401
     from trl import SFTTrainer  # noqa: F401
 
-    import slowed_plugin.callback  # noqa: F401
-    import slowed_plugin.chunked_loss  # noqa: F401
+    import slowed_plugin.core.hidden_states_loss  # noqa: F401
+    import slowed_plugin.trainer.callback  # noqa: F401
 
     context = multiprocessing.get_context("fork")
     results: dict[str, list[dict]] = {v: [] for v in variants}
@@ -275,7 +275,7 @@ LLAMA3_8B = {  # (in_features, out_features) of each projection
 def worker_slow_tuning(reps: int, dense_layers: int) -> dict:
     import torch
 
-    from slowed_plugin.slow_tuning import lora_delta_norm
+    from slowed_plugin.core.slow_tuning import lora_delta_norm
 
     torch.manual_seed(0)
     rank, alpha, tau, layers = 64, 128, 1.0, 32

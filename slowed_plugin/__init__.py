@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .compatibility import check_training_args
 from .config import SLowEDConfig, SLowEDConfigError
+from .rules import check_training_args
 
 __version__ = "0.1.0"
 __all__ = [
@@ -17,15 +17,21 @@ __all__ = [
     "SLowEDConfig",
     "SLowEDConfigError",
     "SLowEDPlugin",
+    "SafetyMonitorCallback",
     "__version__",
     "check_training_args",
 ]
 
 if TYPE_CHECKING:
     from .axolotl.plugin import SLowEDPlugin
-    from .callback import SLowEDCallback
+    from .trainer.callback import SLowEDCallback
+    from .trainer.monitor import SafetyMonitorCallback
 
-_LAZY = {"SLowEDCallback": ".callback", "SLowEDPlugin": ".axolotl.plugin"}
+_LAZY = {
+    "SLowEDCallback": ".trainer.callback",
+    "SLowEDPlugin": ".axolotl.plugin",
+    "SafetyMonitorCallback": ".trainer.monitor",
+}
 
 
 def __getattr__(name: str) -> Any:

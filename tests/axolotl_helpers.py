@@ -158,7 +158,7 @@ class Run:
         import torch
         from safetensors.torch import load_file
 
-        from slowed_plugin.slow_tuning import lora_delta_norm
+        from slowed_plugin.core.slow_tuning import lora_delta_norm
 
         with open(self.output_dir / "adapter_config.json", encoding="utf-8") as handle:
             adapter = json.load(handle)

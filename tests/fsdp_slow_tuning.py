@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
-from slowed_plugin.slow_tuning import SlowTuner, _full
+from slowed_plugin.core.slow_tuning import SlowTuner, _full
 
 
 def build(model_dir: str, full_ft: bool):

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl_helpers import history, sft_trainer, trainable_state
 
 from slowed_plugin import SLowEDCallback
-from slowed_plugin.callback import REFERENCE_FILE
+from slowed_plugin.trainer.callback import REFERENCE_FILE
 
 LOSS_PATHS = ["chunked_nll", "nll"]  # SLowED's chunked loss (TRL's default) and its fused loss on logits
 # The trainer's logs otherwise replace a NaN/inf step loss by the running mean, hiding it.

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from slowed_plugin import fused_loss
-from slowed_plugin.fused_loss import fused_masked_causal_lm_loss
-from slowed_plugin.masking import kept_token_count, mask_low_entropy_targets, masked_causal_lm_loss, token_entropy
+from slowed_plugin.core import logits_loss as fused_loss
+from slowed_plugin.core.logits_loss import fused_masked_causal_lm_loss
+from slowed_plugin.core.masking import kept_token_count, mask_low_entropy_targets, masked_causal_lm_loss, token_entropy
 
 # Per dtype: (loss, gradient) tolerances. The loss is float32 in both; a bf16 gradient may differ by
 # one bf16 rounding step where the float32 values differ in their last bits.

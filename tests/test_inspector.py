@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from slowed_plugin.mask_inspector import encode_example, inspect_examples, render_html, render_terminal
+from slowed_plugin.inspector import encode_example, inspect_examples, render_html, render_terminal
 
 
 @pytest.fixture(autouse=True, scope="module")

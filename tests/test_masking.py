@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slowed_plugin.masking import (
+from slowed_plugin.core.masking import (
     kept_token_count,
     mask_low_entropy_targets,
     masked_causal_lm_loss,

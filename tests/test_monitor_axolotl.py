@@ -26,7 +26,7 @@ def __getattr__(name: str) -> Any:
 
         class MonitorTestPlugin(BasePlugin):
             def add_callbacks_post_trainer(self, cfg, trainer):
-                from slowed_plugin.monitor import SafetyMonitorCallback
+                from slowed_plugin.trainer.monitor import SafetyMonitorCallback
 
                 monitor = SafetyMonitorCallback.from_config(MONITOR_CONFIG)
                 monitor.attach(trainer)
@@ -42,7 +42,7 @@ def test_monitor_curve_in_axolotl_run(tmp_path):
     from axolotl_helpers import load_recipe, start_runs
 
     from slowed_plugin.axolotl.tiny_assets import build
-    from slowed_plugin.monitor import LOG_KEY, SAFEST_DIR
+    from slowed_plugin.trainer.monitor import LOG_KEY, SAFEST_DIR
 
     build(tmp_path / "slowed-tiny", families=("llama",))
     recipe = load_recipe()

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from slowed_plugin.masking import select_low_entropy, target_segments, token_entropy
-from slowed_plugin.reference_mask import apply_reference_mask, reference_mask_fn, reference_masked_labels
+from slowed_plugin.core.masking import select_low_entropy, target_segments, token_entropy
+from slowed_plugin.core.reference_mask import apply_reference_mask, reference_mask_fn, reference_masked_labels
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 from trl_helpers import sft_trainer, trainable_state
 
 from slowed_plugin import SLowEDCallback
-from slowed_plugin.callback import REFERENCE_FILE
+from slowed_plugin.trainer.callback import REFERENCE_FILE
 
 
 class StopAt(TrainerCallback):

@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from slowed_plugin.slow_tuning import SlowTuner, lora_delta_norm
+from slowed_plugin.core.slow_tuning import SlowTuner, lora_delta_norm
 
 
 def _peft(model_dir, **lora):

@@ -5,8 +5,8 @@ import torch
 from trl_helpers import GradientCatcher, history, sft_trainer, trainable_state
 
 from slowed_plugin import SLowEDCallback
-from slowed_plugin.masking import mask_low_entropy_targets
-from slowed_plugin.slow_tuning import SlowTuner
+from slowed_plugin.core.masking import mask_low_entropy_targets
+from slowed_plugin.core.slow_tuning import SlowTuner
 
 
 @pytest.mark.parametrize("loss_type", ["chunked_nll", "nll"])

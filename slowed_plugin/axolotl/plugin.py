@@ -17,8 +17,8 @@ from typing import Any
 from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
-from ..callback import SLowEDCallback
 from ..config import SLowEDConfig
+from ..trainer.callback import SLowEDCallback
 from . import PLUGIN_NAME
 from .compat import incompatibilities
 

@@ -3,7 +3,7 @@
 A run registers SLowED exactly as the README tells users,
 ``SFTTrainer(..., callbacks=[SLowEDCallback(tau=..., mask_ratio=...)])`` (plain LoRA registers
 nothing), measures the safety ratio per epoch with the product's
-:class:`~slowed_plugin.monitor.SafetyMonitorCallback` and its refusal judge, and the reasoning
+:class:`~slowed_plugin.trainer.monitor.SafetyMonitorCallback` and its refusal judge, and the reasoning
 accuracy per epoch with a small demo callback (greedy answers from the product's
 :func:`~slowed_plugin.evaluation.generation.generate_answers`, exact match of the final number).
 
@@ -204,7 +204,7 @@ def _decoded(tokenizer, text: str) -> str:
 def _demo_callback_class():
     from transformers import TrainerCallback
 
-    from ..slow_tuning import SlowTuner
+    from ..core.slow_tuning import SlowTuner
 
     class DemoCallback(TrainerCallback):
         """Reasoning accuracy and ||ΔW|| at the start and after every epoch; progress to the parent.
@@ -253,7 +253,7 @@ def _demo_callback_class():
 
         def _dropped(self, model) -> dict[str, float]:
             """What Low-Entropy Masking drops now, by kind of token, read with the product's inspector."""
-            from ..mask_inspector import inspect_examples
+            from ..inspector import inspect_examples
 
             examples = inspect_examples(model, self.tokenizer, self.inspect_rows, self.mask_ratio)
             counts = dict.fromkeys(DROPPED_KINDS, 0)
@@ -317,7 +317,7 @@ def run_one(
     from .. import SLowEDCallback
     from ..evaluation.judges import RefusalJudge
     from ..evaluation.stats import wilson_interval
-    from ..monitor import SafetyMonitorCallback
+    from ..trainer.monitor import SafetyMonitorCallback
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()

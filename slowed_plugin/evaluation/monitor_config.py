@@ -6,7 +6,7 @@ check the block when it is read, before any model is loaded:
     from slowed_plugin.evaluation.monitor_config import check_monitor_config
     settings = check_monitor_config(value, key="slowed.safety_monitor")   # a plain dict, or ValueError
 
-:meth:`slowed_plugin.monitor.SafetyMonitorCallback.from_config` builds the callback from it.
+:meth:`slowed_plugin.trainer.monitor.SafetyMonitorCallback.from_config` builds the callback from it.
 """
 
 from __future__ import annotations

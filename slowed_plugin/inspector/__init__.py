@@ -5,7 +5,7 @@
 Examples are tokenised the way TRL's ``SFTTrainer`` does (prompt/completion rows train on the
 completion only, ``messages`` and ``text`` rows on every token), the model scores them in one
 forward pass in eval mode (no dropout), and the selection is the training code's own
-(:func:`slowed_plugin.masking.mask_low_entropy_targets`), so what is shown is what training drops
+(:func:`slowed_plugin.core.masking.mask_low_entropy_targets`), so what is shown is what training drops
 for these logits. In the terminal dropped tokens are red and struck through (``[-token-]`` without
 colour), kept targets green, the prompt dim; a table lists every target with its entropy. The HTML
 file is standalone: each token carries its entropy above it and in its tooltip.
@@ -108,9 +108,9 @@ def inspect_examples(
     """Score ``rows`` in one padded batch and report, per token, entropy and whether it is dropped."""
     import torch
 
-    from .config import SLowEDConfig
-    from .evaluation.generation import model_device
-    from .masking import mask_low_entropy_targets, token_entropy
+    from ..config import SLowEDConfig
+    from ..core.masking import mask_low_entropy_targets, token_entropy
+    from ..evaluation.generation import model_device
 
     SLowEDConfig(tau=None, mask_ratio=mask_ratio, mask_scope=mask_scope)  # same validation as training
     if not rows:
@@ -326,13 +326,13 @@ def _load_rows(args: argparse.Namespace) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .evaluation.models import load_model_and_tokenizer
+    from ..evaluation.models import load_model_and_tokenizer
 
     if args.examples < 1:
         print(f"slowed inspect: --examples must be >= 1, got {args.examples}.", file=sys.stderr)
         return 2
     try:
-        from .config import SLowEDConfig
+        from ..config import SLowEDConfig
 
         SLowEDConfig(tau=None, mask_ratio=args.mask_ratio, mask_scope=args.mask_scope)
         rows = _load_rows(args)

@@ -34,10 +34,10 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..evaluation.judges import Judge, load_judge
+from ..evaluation.monitor_config import CONFIG_KEYS, LOG_KEY, check_every, check_monitor_config
+from ..evaluation.stats import wilson_interval
 from .callback import _calling_trainer
-from .evaluation.judges import Judge, load_judge
-from .evaluation.monitor_config import CONFIG_KEYS, LOG_KEY, check_every, check_monitor_config
-from .evaluation.stats import wilson_interval
 
 __all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]
 
@@ -90,7 +90,7 @@ class SafetyMonitorCallback(TrainerCallback):
         judge_format: str | None = None,
         progress: bool = False,
     ) -> None:
-        from .evaluation.prompts import load_prompts
+        from ..evaluation.prompts import load_prompts
 
         check_every(every)
         if min_safety_ratio is not None and (
@@ -206,7 +206,7 @@ class SafetyMonitorCallback(TrainerCallback):
     # ------------------------------------------------------------------ measuring
     def evaluate(self, args: TrainingArguments, state: TrainerState, **kwargs: Any) -> dict[str, Any]:
         """Measure now, log through the trainer, append to and return the new ``history`` entry."""
-        from .evaluation.generation import generate_answers, model_device
+        from ..evaluation.generation import generate_answers, model_device
 
         trainer = self._trainer()
         model = kwargs.get("model") if kwargs.get("model") is not None else trainer.model

@@ -7,9 +7,9 @@ masked loss from the decoder's last hidden states and the output projection ``lm
 1. pass 1, without gradient, over the candidate rows (targets not ``-100``) in chunks of
    ``chunk_size``: ``logits = lm_head(h)`` (then ``logit_scale`` and ``final_logit_softcapping``
    as the model applies them), and from them, in one fused kernel, each row's logsumexp, entropy,
-   target logit and argmax hit (:mod:`slowed_plugin.fused_loss`). The cross-entropy of a row is
+   target logit and argmax hit (:mod:`slowed_plugin.core.logits_loss`). The cross-entropy of a row is
    ``lse - z_y``, so the forward needs no second product;
-2. the mask: :func:`slowed_plugin.masking.select_low_entropy` on those entropies (the reference
+2. the mask: :func:`slowed_plugin.core.masking.select_low_entropy` on those entropies (the reference
    selection, ties and scopes included);
 3. backward, for the kept rows only, in chunks: recompute the chunk's logits, turn them in place
    into ``(softmax - onehot) * w``, and multiply back into the hidden states' and (when trainable)
@@ -21,7 +21,7 @@ for TRL's gradient-checkpointed ``chunked_nll``. Extra memory: one chunk of logi
 x V in the hidden states' dtype) at a time, plus the gradients themselves.
 
 A projection that is not a plain weight (a PEFT adapter on ``lm_head``, a quantised head) is refused
-with an error that says what to do; the logits path (:mod:`slowed_plugin.fused_loss`) serves those.
+with an error that says what to do; the logits path (:mod:`slowed_plugin.core.logits_loss`) serves those.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fused_loss import KERNELS, check_targets, normalise
+from .logits_loss import KERNELS, check_targets, normalise
 from .masking import IGNORE_INDEX, MaskStats, check_finite, select_mask, shifted_targets
 
 # Rows of logits per chunk, as TRL's chunked_nll (_CHUNKED_LM_HEAD_CHUNK_SIZE).
@@ -158,7 +158,7 @@ def chunked_masked_causal_lm_loss(
     """Masked causal-LM loss from hidden states (B, T, H) and ``lm_head``: ``(loss, stats, extra)``.
 
     The loss, its gradient and ``stats`` are those of
-    :func:`slowed_plugin.masking.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
+    :func:`slowed_plugin.core.masking.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
     (scaled and soft-capped as given): same labels conventions, same mask, same division by
     ``num_items_in_batch`` (clamped to >= 1) or by the kept count, and a zero loss connected to
     every input when a micro-batch keeps nothing and no ``num_items_in_batch`` is given.

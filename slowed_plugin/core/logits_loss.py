@@ -1,14 +1,14 @@
 """Low-Entropy Masking on logits in one fused pass: entropy and cross-entropy share one logsumexp.
 
 :func:`fused_masked_causal_lm_loss` is a drop-in replacement for
-:func:`slowed_plugin.masking.masked_causal_lm_loss` (same arguments, same loss, same gradient, same
-:class:`~slowed_plugin.masking.MaskStats`), built for large vocabularies:
+:func:`slowed_plugin.core.masking.masked_causal_lm_loss` (same arguments, same loss, same gradient, same
+:class:`~slowed_plugin.core.masking.MaskStats`), built for large vocabularies:
 
 - forward: one pass over the logits, in chunks of rows, gives per row ``lse = logsumexp(z)``, the
   entropy ``H = lse - sum softmax(z) * z`` (both in float32), the target logit ``z_y`` and whether
   the target is the argmax. The cross-entropy of a row is ``lse - z_y``: no ``log_softmax`` tensor,
   and no float32 copy of bf16/fp16 logits (only one chunk of rows is ever upcast);
-- the mask is chosen by :func:`slowed_plugin.masking.select_low_entropy` (the same code as the
+- the mask is chosen by :func:`slowed_plugin.core.masking.select_low_entropy` (the same code as the
   reference, so the same tokens are dropped, ties included);
 - backward: ``(softmax(z) - onehot(y)) * w`` for kept rows (``w`` = the loss weight of the row),
   written straight into the gradient in the logits' dtype; masked, ignored and padding rows get
@@ -273,7 +273,7 @@ def fused_masked_causal_lm_loss(
     chunk_rows: int | None = None,
     return_extra: bool = False,
 ):
-    """:func:`slowed_plugin.masking.masked_causal_lm_loss`, fused: ``(loss, MaskStats)``.
+    """:func:`slowed_plugin.core.masking.masked_causal_lm_loss`, fused: ``(loss, MaskStats)``.
 
     Same arguments and semantics: ``logits`` (B, T, V); unshifted ``labels`` or aligned
     ``shift_labels``; the loss is the cross-entropy summed over the kept targets, divided by

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .chunked_loss import DEFAULT_CHUNK_SIZE, head_row_stats, lm_head_parameters
+from .hidden_states_loss import DEFAULT_CHUNK_SIZE, head_row_stats, lm_head_parameters
 from .masking import IGNORE_INDEX, check_finite, select_low_entropy, target_segments, token_entropy
 
 

@@ -5,13 +5,13 @@
 When the trainer is built (``on_init_end``) the callback attaches itself to it:
 
 - Low-Entropy Masking: the causal LM's ``forward`` is wrapped so that, in training, the loss is
-  the cross-entropy over the kept targets (:mod:`slowed_plugin.masking`); TRL's ``chunked_nll``
+  the cross-entropy over the kept targets (:mod:`slowed_plugin.core.masking`); TRL's ``chunked_nll``
   forward, which never materialises logits, is bypassed for the training loss. Evaluation goes
   through the untouched forward, so eval loss stays the plain cross-entropy. The trainer's
   per-step token count (``num_items_in_batch``) is replaced by the kept count of the step, which
   depends on labels only, so gradient accumulation and multi-process token averaging stay exact.
 - Slow Tuning: projection after every epoch (or every ``project_every`` steps), after the last
-  step, and at train end (:mod:`slowed_plugin.slow_tuning`).
+  step, and at train end (:mod:`slowed_plugin.core.slow_tuning`).
 - Metrics go into the trainer's own ``log`` so that every reporter (W&B, TensorBoard) gets them.
 """
 
@@ -31,12 +31,12 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .chunked_loss import chunked_masked_causal_lm_loss, lm_head_parameters
-from .compatibility import check_trainer
-from .config import SLowEDConfig
-from .fused_loss import fused_masked_causal_lm_loss, warmup
-from .masking import kept_token_count, mask_low_entropy_targets
-from .slow_tuning import SlowTuner
+from ..config import SLowEDConfig
+from ..core.hidden_states_loss import chunked_masked_causal_lm_loss, lm_head_parameters
+from ..core.logits_loss import fused_masked_causal_lm_loss, warmup
+from ..core.masking import kept_token_count, mask_low_entropy_targets
+from ..core.slow_tuning import SlowTuner
+from ..rules import check_trainer
 
 logger = logging.getLogger("slowed_plugin")
 
@@ -331,7 +331,7 @@ class SLowEDCallback(TrainerCallback):
 
     def _apply_reference_mask(self, trainer: Trainer) -> None:
         """`entropy_source: reference`: mask the training set once with the initial model's entropies."""
-        from .reference_mask import apply_reference_mask
+        from ..core.reference_mask import apply_reference_mask
 
         dataset = trainer.train_dataset
         if not (hasattr(dataset, "map") and hasattr(dataset, "__len__") and "input_ids" in dataset.column_names):
