@@ -6,3 +6,6 @@
 - :mod:`.slow_tuning`: ΔW norms (``delta_norms``) and the projection onto the ball of radius tau.
 - :mod:`.reference_mask`: the mask of the initial model, written into a dataset's labels.
 """
+
+# transformers' ignored label (torch.nn.CrossEntropyLoss ignore_index); kept here so torch-free tools share it.
+IGNORE_INDEX = -100

@@ -29,41 +29,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .lm_head import lm_head_parameters
 from .logits_loss import KERNELS, check_targets, normalise
 from .masking import IGNORE_INDEX, MaskStats, check_finite, select_mask, shifted_targets
 
 # Rows of logits per chunk, as TRL's chunked_nll (_CHUNKED_LM_HEAD_CHUNK_SIZE).
 DEFAULT_CHUNK_SIZE = 256
-
-
-def lm_head_parameters(lm_head: nn.Module | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(weight, bias)`` of an output projection, or ``ValueError`` when it is not a plain linear map."""
-    if isinstance(lm_head, torch.Tensor):
-        weight, bias = lm_head, None
-    else:
-        try:
-            from peft.tuners.tuners_utils import BaseTunerLayer
-        except ImportError:  # pragma: no cover - peft is a dependency
-            BaseTunerLayer = ()  # noqa: N806
-        if BaseTunerLayer and isinstance(lm_head, BaseTunerLayer):
-            raise ValueError(
-                "SLowED's chunked loss reads the output projection's weight directly, so it cannot train a PEFT "
-                "adapter on `lm_head` (e.g. `target_modules='all-linear'` or one that lists `lm_head`). Remove "
-                "`lm_head` from `target_modules` (use `modules_to_save=['lm_head']` to train it fully), or compute "
-                "the loss on logits with `fused_masked_causal_lm_loss`."
-            )
-        # A PEFT ModulesToSaveWrapper resolves `.weight` to its active copy, as TRL relies on too.
-        weight, bias = getattr(lm_head, "weight", None), getattr(lm_head, "bias", None)
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
-        raise ValueError(
-            f"SLowED's chunked loss needs an `lm_head` with a floating-point (vocab, hidden) weight; got "
-            f"{type(lm_head).__name__} with weight {getattr(weight, 'dtype', None)} "
-            f"{tuple(getattr(weight, 'shape', ()))}. Quantised heads need the loss on logits "
-            "(`fused_masked_causal_lm_loss`)."
-        )
-    if bias is not None and not isinstance(bias, torch.Tensor):
-        bias = None
-    return weight, bias
 
 
 def _project(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

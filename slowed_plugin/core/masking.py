@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-IGNORE_INDEX = -100
+from . import IGNORE_INDEX
+
 # floor(k * n) in float64 with a tolerance, so that e.g. 0.29 * 100 gives 29 rather than the
 # 28 that 28.999999999999996 would give; no real ratio is within 1e-9 of an integer below.
 _FLOOR_EPS = 1e-9

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .hidden_states_loss import DEFAULT_CHUNK_SIZE, head_row_stats, lm_head_parameters
+from .hidden_states_loss import DEFAULT_CHUNK_SIZE, head_row_stats
+from .lm_head import lm_head_parameters, output_head
 from .masking import IGNORE_INDEX, check_finite, select_low_entropy, target_segments, token_entropy
 
 
@@ -45,27 +46,6 @@ def _initial_model(model: nn.Module) -> Iterator[nn.Module]:
             yield model.get_base_model() if hasattr(model, "get_base_model") else model
     finally:
         model.train(was_training)
-
-
-def _head_of(causal: nn.Module) -> tuple[nn.Module | None, Any, Any]:
-    """``(backbone, lm_head, text_config)`` when the model is backbone + linear head, else (None, ...)."""
-    head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
-    backbone = getattr(causal, "base_model", None)
-    config = getattr(causal, "config", None)
-    config = getattr(config, "text_config", None) or config
-    if head is None or backbone is None or backbone is causal:
-        return None, head, config
-    base_layer = getattr(head, "get_base_layer", None)  # a PEFT layer on lm_head, disabled here
-    if callable(base_layer):
-        head = base_layer()
-    original = getattr(head, "original_module", None)  # modules_to_save, disabled here
-    if isinstance(original, nn.Module):
-        head = original
-    try:
-        lm_head_parameters(head)
-    except ValueError:
-        return None, head, config
-    return backbone, head, config
 
 
 def _examples_of(example: dict[str, Any]) -> list[tuple[int, int]]:
@@ -90,16 +70,16 @@ def _entropies(
     causal: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_size: int
 ) -> torch.Tensor:
     """Entropy (B, T) of the next-token distribution at every position of a right-padded batch."""
-    backbone, head, config = _head_of(causal)
-    if backbone is None:
+    split = output_head(causal, adapters_disabled=True)
+    if split is None:
         # Not backbone + linear head: full logits, one row at a time to bound memory.
         rows = [
             token_entropy(causal(input_ids=ids[None], attention_mask=mask[None]).logits)[0]
             for ids, mask in zip(input_ids, attention_mask, strict=True)
         ]
         return torch.stack(rows)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    weight, bias = lm_head_parameters(head)
+    hidden = split.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    weight, bias = lm_head_parameters(split.head)
     flat = hidden.reshape(-1, hidden.shape[-1])
     _, entropy, _, _ = head_row_stats(
         flat,
@@ -108,8 +88,8 @@ def _entropies(
         torch.zeros(flat.shape[0], dtype=torch.long, device=flat.device),
         None,
         chunk_size,
-        float(getattr(config, "logit_scale", None) or 1.0),
-        getattr(config, "final_logit_softcapping", None),
+        split.logit_scale,
+        split.softcap,
     )
     return entropy.view(hidden.shape[:2])
 

@@ -37,7 +37,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from ..evaluation.judges import Judge, load_judge
 from ..evaluation.monitor_config import CONFIG_KEYS, LOG_KEY, check_every, check_monitor_config
 from ..evaluation.stats import wilson_interval
-from .callback import _calling_trainer
+from .binding import calling_trainer
 
 __all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]
 
@@ -164,7 +164,7 @@ class SafetyMonitorCallback(TrainerCallback):
 
     def _trainer(self) -> Trainer:
         if self.trainer is None:
-            trainer = _calling_trainer(self)
+            trainer = calling_trainer(self)
             if trainer is None:
                 raise RuntimeError("SafetyMonitorCallback could not find its trainer; call `monitor.attach(trainer)`.")
             self.attach(trainer)
@@ -172,7 +172,7 @@ class SafetyMonitorCallback(TrainerCallback):
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self.trainer is None:
-            trainer = _calling_trainer(self)
+            trainer = calling_trainer(self)
             if trainer is not None:
                 self.attach(trainer)
 

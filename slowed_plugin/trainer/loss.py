@@ -1,0 +1,132 @@
+"""The training loss SLowED computes in place of the model's: which core path, on what inputs.
+
+Two paths, both in :mod:`slowed_plugin.core`:
+
+- from hidden states (:func:`~slowed_plugin.core.hidden_states_loss.chunked_masked_causal_lm_loss`): the
+  default, for a decoder + linear head. Like TRL's default ``chunked_nll`` it never builds the full logits.
+- on logits (:func:`~slowed_plugin.core.logits_loss.fused_masked_causal_lm_loss`): for TRL's ``loss_type="nll"``
+  (its metrics read the logits), MoE models (the router's aux loss needs the model's own forward), multimodal
+  models, and PEFT-adapted or quantised heads.
+
+Evaluation never comes here (the forward patch passes through when the model is not training), so eval loss
+stays the plain cross-entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..config import SLowEDConfig
+from ..core.hidden_states_loss import chunked_masked_causal_lm_loss
+from ..core.lm_head import OutputHead, output_head
+from ..core.logits_loss import fused_masked_causal_lm_loss
+from ..core.masking import IGNORE_INDEX, MaskStats, mask_low_entropy_targets
+
+
+@dataclass
+class SLowEDCausalLMOutput(CausalLMOutputWithPast):
+    """The model output of a masked training step, with the fields TRL's ``chunked_nll`` metrics read."""
+
+    num_valid_tokens: torch.Tensor | None = None
+    entropy_sum: torch.Tensor | None = None
+    num_correct_tokens: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    router_logits: tuple[torch.Tensor, ...] | None = None
+
+
+_OUTPUT_FIELDS = {f.name for f in fields(SLowEDCausalLMOutput)}
+
+
+def hidden_states_head(causal: torch.nn.Module, loss_type: str | None) -> OutputHead | None:
+    """The head the hidden-states path uses for ``causal``, or None where the loss must be taken on logits."""
+    config = causal.config
+    if loss_type == "nll" or getattr(config, "output_router_logits", False):
+        return None
+    if getattr(config, "text_config", None) is not None:
+        return None
+    return output_head(causal)
+
+
+class MaskedCausalLMLoss:
+    """``forward`` of a causal LM in training, with the loss over the kept targets only.
+
+    Args:
+        config: the SLowED settings.
+        causal: the causal LM (the base model under PEFT) whose forward this replaces.
+        loss_type: TRL's ``loss_type`` (None for other trainers).
+        record: receives the :class:`MaskStats` of every call (metrics).
+        step: the optimizer step being computed (1-based), for error messages.
+    """
+
+    def __init__(
+        self,
+        config: SLowEDConfig,
+        causal: torch.nn.Module,
+        loss_type: str | None,
+        record: Callable[[MaskStats], None],
+        step: Callable[[], int | str],
+    ) -> None:
+        self.config, self.record, self.step = config, record, step
+        self.head = hidden_states_head(causal, loss_type)
+        self.router_coef = getattr(causal.config, "router_aux_loss_coef", 0.0)
+
+    def __call__(
+        self,
+        forward: Callable[..., Any],
+        args: tuple,
+        kwargs: dict[str, Any],
+        labels: torch.Tensor | None,
+        shift_labels: torch.Tensor | None,
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> SLowEDCausalLMOutput:
+        cfg = self.config
+        common = dict(
+            num_items_in_batch=num_items_in_batch, position_ids=kwargs.get("position_ids"), shift_labels=shift_labels
+        )
+        try:
+            if self.head is not None and not kwargs.get("output_router_logits"):
+                kwargs.pop("use_cache", None)
+                kwargs.pop("logits_to_keep", None)
+                outputs = self.head.backbone(*args, use_cache=False, **kwargs)
+                logits = None
+                loss, stats, extra = chunked_masked_causal_lm_loss(
+                    outputs.last_hidden_state,
+                    self.head.head,
+                    labels,
+                    cfg.mask_ratio,
+                    cfg.mask_scope,
+                    **common,
+                    logit_scale=self.head.logit_scale,
+                    final_logit_softcapping=self.head.softcap,
+                )
+            else:
+                # No labels: the model (or TRL's chunked forward, which then falls back) returns logits.
+                outputs = forward(*args, **kwargs)
+                logits = outputs.logits
+                loss, stats, extra = fused_masked_causal_lm_loss(
+                    logits, labels, cfg.mask_ratio, cfg.mask_scope, **common, return_extra=True
+                )
+        except FloatingPointError as err:  # stop before the optimizer writes NaN into the weights
+            raise FloatingPointError(f"{err} (optimizer step {self.step()}); the weights were not updated.") from None
+        if getattr(outputs, "aux_loss", None) is not None and self.router_coef:
+            loss = loss + self.router_coef * outputs.aux_loss.to(loss.device)
+        self.record(stats)
+        # TRL's chunked_nll metrics read these fields instead of logits. They must be declared fields:
+        # accelerate's fp32 output conversion rebuilds the output from its keys.
+        kept = {k: v for k, v in outputs.items() if k in _OUTPUT_FIELDS}
+        return SLowEDCausalLMOutput(**{**kept, "loss": loss, "logits": logits}, **extra)
+
+
+def masked_labels(
+    config: SLowEDConfig, logits: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None
+) -> tuple[torch.Tensor, MaskStats]:
+    """Unshifted labels with the dropped targets set to -100, for a custom ``compute_loss_func``."""
+    masked, stats = mask_low_entropy_targets(
+        logits, labels, config.mask_ratio, config.mask_scope, position_ids=position_ids
+    )
+    return torch.nn.functional.pad(masked, (1, 0), value=IGNORE_INDEX), stats
