@@ -4,22 +4,10 @@ import os
 
 import pytest
 import torch
-from transformers import TrainerCallback
-from trl_helpers import sft_trainer, trainable_state
+from trl_helpers import StopAt, sft_trainer, trainable_state
 
 from slowed_plugin import SLowEDCallback
 from slowed_plugin.trainer.callback import REFERENCE_FILE
-
-
-class StopAt(TrainerCallback):
-    """Simulates an interruption: the run stops after `step` (the LR schedule still targets max_steps)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def _run(llama_dir, rows, out, peft, extra=(), resume=None):

@@ -61,6 +61,21 @@ class GradientCatcher:
         return _Catcher()
 
 
+class StopAt:
+    """A TrainerCallback that simulates an interruption: the run stops after `step` (the LR schedule still
+    targets max_steps)."""
+
+    def __new__(cls, step):
+        from transformers import TrainerCallback
+
+        class _StopAt(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step >= step:
+                    control.should_training_stop = True
+
+        return _StopAt()
+
+
 def history(trainer, key):
     """Every logged value of ``key``, in order."""
     return [entry[key] for entry in trainer.state.log_history if key in entry]

@@ -90,6 +90,7 @@ class SLowEDCallback(TrainerCallback):
         elif self.config.masking:
             self._masked_dataset = _reference_masked_dataset(trainer, self.config)
         self.trainer = trainer
+        self._seen_listed = self in trainer.callback_handler.callbacks
         self._install()
         self._loss_func_at_attach = trainer.compute_loss_func
         if self.config.safety_monitor:

@@ -1,0 +1,127 @@
+"""What SLowED changes in a Trainer (slowed_plugin.trainer.patches): installed at attach, undone at train end,
+by `detach()`, or when the callback is removed; an unknown `get_batch_samples` is refused with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+from trl_helpers import history, sft_trainer
+
+from slowed_plugin import SLowEDCallback
+
+PATCHED_ON_TRAINER = ("get_batch_samples", "log", "save_model")
+
+
+def _own(obj, name):
+    return name in vars(obj)
+
+
+def _slowed_forward(model) -> bool:
+    """Whether the model's forward is SLowED's (TRL's chunked_nll installs a forward of its own, which stays)."""
+    forward = vars(model).get("forward")
+    return forward is not None and getattr(forward, "__func__", forward).__module__.startswith("slowed_plugin")
+
+
+def test_patches_named_while_training_and_undone_at_train_end(llama_dir, cot_rows, tmp_path):
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Spy(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.setdefault("names", list(callback.patches.names))
+            seen.setdefault("own", {name: _own(trainer, name) for name in PATCHED_ON_TRAINER})
+            seen.setdefault("forward", _slowed_forward(trainer.model.get_base_model()))
+
+    callback = SLowEDCallback(tau=0.05, mask_ratio=0.3)
+    trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path, [callback, Spy()], max_steps=2)
+    trainer.train()
+    assert seen["names"] == ["forward", "get_batch_samples", "save_model", "log"]
+    assert all(seen["own"].values()) and seen["forward"]
+    # After training every attribute is the class's own again.
+    assert not any(_own(trainer, name) for name in PATCHED_ON_TRAINER)
+    assert not _slowed_forward(trainer.model.get_base_model())
+    assert not callback.patches.active
+    assert history(trainer, "slowed/masked_fraction")  # it did train with SLowED
+
+
+def test_second_train_call_installs_again(llama_dir, cot_rows, tmp_path):
+    callback = SLowEDCallback(tau=None, mask_ratio=0.3)
+    trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path, [callback], max_steps=1)
+    trainer.train()
+    trainer.args.max_steps = 2
+    trainer.train(resume_from_checkpoint=None)
+    rows = history(trainer, "slowed/masked_fraction")
+    assert len(rows) >= 1 and all(0.2 < f <= 0.3 for f in rows)
+
+
+def test_custom_loss_is_restored_after_training(llama_dir, cot_rows, tmp_path):
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    def my_loss(outputs, labels, num_items_in_batch=None):
+        return ForCausalLMLoss(outputs.logits, labels, outputs.logits.shape[-1], num_items_in_batch=num_items_in_batch)
+
+    from trl import SFTTrainer
+
+    class MyTrainer(SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, compute_loss_func=my_loss, **kwargs)
+
+    import trl
+
+    original = trl.SFTTrainer
+    trl.SFTTrainer = MyTrainer
+    try:
+        callback = SLowEDCallback(tau=None, mask_ratio=0.5)
+        trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path, [callback], max_steps=1, loss_type="nll")
+    finally:
+        trl.SFTTrainer = original
+    assert trainer.compute_loss_func is not my_loss
+    trainer.train()
+    assert trainer.compute_loss_func is my_loss and not _own(trainer, "compute_loss")
+    assert 0.4 < history(trainer, "slowed/masked_fraction")[0] <= 0.5
+
+
+def test_removed_callback_trains_plain_and_restores_everything(llama_dir, cot_rows, tmp_path):
+    callback = SLowEDCallback(tau=0.05, mask_ratio=0.3)
+    trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path, [callback], max_steps=2)
+    trainer.remove_callback(callback)
+    trainer.train()
+    assert not history(trainer, "slowed/masked_fraction") and not history(trainer, "slowed/max_delta_norm")
+    assert not any(_own(trainer, name) for name in PATCHED_ON_TRAINER)
+    assert not _slowed_forward(trainer.model.get_base_model())
+
+
+def test_detach_restores_the_trainer(llama_dir, cot_rows, tmp_path):
+    callback = SLowEDCallback(tau=0.05, mask_ratio=0.3)
+    trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path, [callback], max_steps=1)
+    assert _own(trainer, "get_batch_samples")
+    callback.detach()
+    assert callback.trainer is None
+    assert not any(_own(trainer, name) for name in PATCHED_ON_TRAINER)
+    assert not _slowed_forward(trainer.model.get_base_model())
+
+
+def test_unknown_get_batch_samples_signature_is_refused_at_construction(llama_dir, cot_rows, tmp_path):
+    import trl
+
+    class OtherVersion(trl.SFTTrainer):
+        def get_batch_samples(self, epoch_iterator, num_batches, device, prefetch=True):
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    original = trl.SFTTrainer
+    trl.SFTTrainer = OtherVersion
+    try:
+        with pytest.raises(RuntimeError, match=r"does not know this transformers version's .*get_batch_samples"):
+            sft_trainer(llama_dir, cot_rows[:8], tmp_path, [SLowEDCallback(tau=None, mask_ratio=0.3)])
+    finally:
+        trl.SFTTrainer = original
+
+
+def test_installed_get_batch_samples_signature_is_known():
+    import inspect
+
+    from transformers import Trainer
+
+    from slowed_plugin.trainer.patches import _BATCH_SAMPLES_SIGNATURES
+
+    assert tuple(inspect.signature(Trainer.get_batch_samples).parameters)[1:] in _BATCH_SAMPLES_SIGNATURES
