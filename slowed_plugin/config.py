@@ -209,15 +209,6 @@ class SLowEDConfig:
             f"[tau, mask_ratio], got {value!r}."
         )
 
-    @classmethod
-    def markdown_reference(cls) -> str:
-        """The key reference table of the docs, generated from the help strings."""
-        rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-        for f in dataclasses.fields(cls):
-            default = "required" if f.default is dataclasses.MISSING else f"`{f.default}`"
-            rows.append(f"| `{f.name}` | {default} | {f.metadata['help']} |")
-        return "\n".join(rows)
-
     def describe(self) -> str:
         """One line with the resolved settings, for startup logs."""
         slow = (

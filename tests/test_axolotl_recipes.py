@@ -134,19 +134,6 @@ def test_qlora_recipes_fit_their_gpu_by_the_estimate(name):
     assert recipe_estimate(cfg).total <= QLORA_BUDGETS_GIB[name] * 0.93 - 1
 
 
-def test_memory_table_in_the_readme_is_the_computed_one_and_says_estimate():
-    from slowed_plugin.axolotl.memory import BEGIN, END, recipes_table
-
-    text = README.read_text(encoding="utf-8")
-    block = re.search(re.escape(BEGIN) + r"\n(.*?)\n" + re.escape(END), text, flags=re.S)
-    assert block, "memory table markers missing"
-    assert block.group(1) == recipes_table(str(RECIPES)), (
-        "regenerate: python -m slowed_plugin.axolotl.memory recipes/README.md"
-    )
-    assert "estimates, not measurements" in text
-    assert all(f"`{name}`" in block.group(1) for name in QLORA_BUDGETS_GIB)
-
-
 def test_readme_documents_the_dataset_format():
     text = README.read_text(encoding="utf-8")
     example = re.search(r"```json\n(.*?)\n```", text, flags=re.S).group(1)
@@ -162,15 +149,7 @@ def test_readme_documents_the_dataset_format():
 
 
 # ---------------------------------------------------------------------------------------------- docs/axolotl.md
-
-
-def test_docs_key_reference_is_generated_from_the_config_help():
-    from slowed_plugin.axolotl.docs import block, current_block
-
-    text = DOCS.read_text(encoding="utf-8")
-    assert current_block(text) == block(), "regenerate: python -m slowed_plugin.axolotl.docs docs/axolotl.md"
-    for key, help_text in SLowEDConfig.help().items():
-        assert f"`slowed.{key}`" in text and help_text in text
+# (the generated key table is checked in tests/test_repo.py)
 
 
 # Each row of the compatibility table, as the config that turns the setting on.

@@ -1,28 +1,49 @@
-"""Back-of-the-envelope GPU memory of the recipes in ``recipes/`` (estimates, not measurements).
+"""Back-of-the-envelope GPU memory of the SLowED recipes (estimates, not measurements).
 
-    python -m slowed_plugin.axolotl.memory                     # print the table of recipes/README.md
-    python -m slowed_plugin.axolotl.memory recipes/README.md   # rewrite it between its markers
+    python -m slowed_plugin.axolotl.memory                  # the table for the repository's recipes/
+    python -m slowed_plugin.axolotl.memory --recipes DIR    # ... for the recipes in DIR
 
-Peak memory of one training step, per GPU, with gradient checkpointing, in GiB:
+``scripts/docs.py`` writes the same table into recipes/README.md. Peak memory per GPU, with
+gradient checkpointing, in GiB: the larger of one training step and one evaluation step, each the
+sum of
 
 - weights: the frozen base (NF4 with double quantisation: 4.127 bits per linear weight; bf16 for
   embeddings, an untied output head and full-precision bases);
 - adapter: LoRA parameters in fp32 with their gradients and optimizer state;
-- activations: one checkpointed hidden state per layer plus one layer's recomputed working set;
-- logits: the causal-LM loss on N = micro_batch_size x sequence_len tokens over the vocabulary:
-  bf16 logits, their fp32 copy and the saved log-probabilities (10 bytes per logit). SLowED's
-  entropy pass works in chunks of 1,024 rows under ``no_grad`` and frees them before the loss, so
-  it adds max(0, 12·1024·V - 8·N·V) bytes, nothing at these sizes;
+- activations: in training, one checkpointed hidden state per layer plus one layer's recomputed
+  working set; in evaluation (no gradient), one layer's working set;
+- training loss, on the path SLowED's masked loss takes (``SLowEDCallback._install_masked_loss``),
+  for N = micro_batch_size x sequence_len tokens, hidden size H and a vocabulary of V:
+
+  - from hidden states (:mod:`slowed_plugin.core.hidden_states_loss`), the default for a decoder
+    with a plain linear head, which every recipe here is: the logits never exist beyond one chunk of
+    ``DEFAULT_CHUNK_SIZE`` (256) rows, in bf16, in the entropy pass (no gradient) and again in the
+    backward; the compiled kernels keep their float32 work in registers. With the final hidden
+    states and their gradient: 2·256·V + 2·N·H bytes. (If ``torch.compile`` is unavailable, the
+    eager kernels hold about 20 more bytes per chunk element in float32 temporaries: 0.7 GiB at
+    V = 151,936, not counted.)
+  - on logits (:mod:`slowed_plugin.core.logits_loss`), for MoE models, VLMs and a PEFT-wrapped or
+    quantised ``lm_head`` (a recipe whose ``lora_target_modules`` names ``lm_head``): the model's
+    bf16 logits of all N tokens and their gradient, 4·N·V bytes.
+- evaluation loss (a recipe with ``val_set_size`` or ``test_datasets``): evaluation runs the
+  untouched forward, so transformers' ``ForCausalLMLoss`` holds the bf16 logits of the
+  ``eval_batch_size`` x sequence_len tokens, their float32 copy and the float32 log-probabilities,
+  10 bytes per logit. With a large vocabulary this step, not training, sets the peak;
 - overhead: 0.5 GiB CUDA context, then 10 % for allocator fragmentation.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
 GIB = 1024**3
 NF4_BYTES = (4 + 0.127) / 8  # 4-bit codes + double-quantised absmax, blocksize 64
-ENTROPY_CHUNK = 1024
+LOSS_CHUNK = 256  # rows of logits at a time: slowed_plugin.core.hidden_states_loss.DEFAULT_CHUNK_SIZE
+LossPath = Literal["hidden_states", "logits"]
 
 
 @dataclass(frozen=True)
@@ -66,12 +87,24 @@ ARCHITECTURES = {
 
 @dataclass(frozen=True)
 class Estimate:
+    """GiB per term; ``total`` is the peak of the training step and (if any) the evaluation step."""
+
     weights: float
     adapter: float
     activations: float
-    logits: float
-    slowed_extra: float
+    loss: float
+    loss_path: LossPath
+    eval_loss: float | None  # None: the recipe does not evaluate
     total: float
+
+
+def loss_bytes(arch: Architecture, tokens: int, loss_path: LossPath = "hidden_states") -> float:
+    """Peak bytes of SLowED's masked training loss over ``tokens`` rows, on ``loss_path`` (module docstring)."""
+    if loss_path == "hidden_states":
+        return 2.0 * LOSS_CHUNK * arch.vocab + 2.0 * tokens * arch.hidden
+    if loss_path == "logits":
+        return 4.0 * tokens * arch.vocab
+    raise ValueError(f"`loss_path` must be hidden_states or logits; got {loss_path!r}.")
 
 
 def estimate(
@@ -81,8 +114,10 @@ def estimate(
     lora_r: int,
     quantized: bool,
     optimizer_bytes: float = 8.0,
+    loss_path: LossPath = "hidden_states",
+    eval_batch_size: int | None = None,
 ) -> Estimate:
-    """Peak GiB of one training step (see the module docstring for what each term counts).
+    """Peak GiB of one training step and, with ``eval_batch_size``, one evaluation step (module docstring).
 
     ``optimizer_bytes`` per trainable parameter: 8 for AdamW, 2 for 8-bit AdamW.
     """
@@ -91,17 +126,39 @@ def estimate(
     linear = arch.params - embed - head
     weights = (linear * (NF4_BYTES if quantized else 2.0) + 2.0 * (embed + head)) / GIB
     adapter = arch.lora_params(lora_r) * (4 + 4 + optimizer_bytes) / GIB
+
+    def working_set(tokens: int) -> float:  # one layer's recomputed (or, in evaluation, only) activations
+        return tokens * (10 * arch.hidden + 4 * arch.intermediate) * 2 / GIB
+
     tokens = sequence_len * micro_batch_size
-    activations = (
-        arch.layers * tokens * arch.hidden * 2 + tokens * (10 * arch.hidden + 4 * arch.intermediate) * 2
-    ) / GIB
-    logits = tokens * arch.vocab * 10 / GIB
-    slowed_extra = max(0.0, 12 * ENTROPY_CHUNK * arch.vocab - 8 * tokens * arch.vocab) / GIB
-    total = (weights + adapter + activations + logits + slowed_extra + 0.5) * 1.1
-    return Estimate(weights, adapter, activations, logits, slowed_extra, total)
+    activations = arch.layers * tokens * arch.hidden * 2 / GIB + working_set(tokens)
+    loss = loss_bytes(arch, tokens, loss_path) / GIB
+    peak = weights + adapter + activations + loss
+    eval_loss = None
+    if eval_batch_size is not None:
+        # transformers' ForCausalLMLoss on the untouched forward: bf16 logits, fp32 copy, fp32 log-probs.
+        eval_tokens = sequence_len * eval_batch_size
+        eval_loss = eval_tokens * arch.vocab * 10 / GIB
+        peak = max(peak, weights + adapter + working_set(eval_tokens) + eval_loss)
+    total = (peak + 0.5) * 1.1
+    return Estimate(weights, adapter, activations, loss, loss_path, eval_loss, total)
 
 
-def recipe_estimate(cfg: dict) -> Estimate:
+def recipe_loss_path(cfg: Mapping[str, Any]) -> LossPath:
+    """The path SLowED's loss takes for a recipe: on logits when the LoRA adapter wraps ``lm_head``."""
+    targets = cfg.get("lora_target_modules") or []
+    return "logits" if "lm_head" in ([targets] if isinstance(targets, str) else targets) else "hidden_states"
+
+
+def recipe_eval_batch_size(cfg: Mapping[str, Any]) -> int | None:
+    """Axolotl's evaluation batch (``eval_batch_size``, default ``micro_batch_size``), or None without evaluation."""
+    evaluates = (cfg.get("val_set_size") or 0) > 0 or bool(cfg.get("test_datasets"))
+    if not evaluates or str(cfg.get("eval_strategy")).lower() == "no":
+        return None
+    return int(cfg.get("eval_batch_size") or cfg["micro_batch_size"])
+
+
+def recipe_estimate(cfg: Mapping[str, Any]) -> Estimate:
     """The estimate for an Axolotl recipe (a YAML mapping) whose ``base_model`` is in :data:`ARCHITECTURES`."""
     optimizer = str(cfg.get("optimizer") or "adamw_torch")
     return estimate(
@@ -111,63 +168,65 @@ def recipe_estimate(cfg: dict) -> Estimate:
         int(cfg["lora_r"]),
         quantized=bool(cfg.get("load_in_4bit")),
         optimizer_bytes=2.0 if "8bit" in optimizer else 8.0,
+        loss_path=recipe_loss_path(cfg),
+        eval_batch_size=recipe_eval_batch_size(cfg),
     )
 
 
-def table(recipes: dict[str, dict]) -> str:
+def table(recipes: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown table of :func:`recipe_estimate` for ``{file name: recipe}``."""
     rows = [
-        "| recipe | base model | seq x batch | weights | adapter + optimizer | activations | logits + loss | estimated peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | base model | seq x batch | weights | adapter + optimizer | activations | training loss "
+        "| evaluation loss | estimated peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cfg in recipes.items():
         e = recipe_estimate(cfg)
+        loss = f"{e.loss:.1f}" + (" (on logits)" if e.loss_path == "logits" else "")
+        eval_loss = "none" if e.eval_loss is None else f"{e.eval_loss:.1f}"
         rows.append(
             f"| `{name}` | {cfg['base_model']} | {cfg['sequence_len']} x {cfg['micro_batch_size']} | "
-            f"{e.weights:.1f} | {e.adapter:.1f} | {e.activations:.1f} | {e.logits:.1f} | **{e.total:.1f} GiB** |"
+            f"{e.weights:.1f} | {e.adapter:.1f} | {e.activations:.1f} | {loss} | {eval_loss} | **{e.total:.1f} GiB** |"
         )
     return "\n".join(rows)
 
 
-BEGIN = "<!-- memory:begin (generated by `python -m slowed_plugin.axolotl.memory`) -->"
-END = "<!-- memory:end -->"
+def default_recipes() -> Path | None:
+    """The recipes folder next to the package: bundled in it, or the repository's ``recipes/``."""
+    package = Path(__file__).resolve().parents[1]
+    for folder in (package / "recipes", package.parent / "recipes"):
+        if any(folder.glob("*.yaml")):
+            return folder
+    return None
 
 
-def recipes_table(folder: str = "recipes") -> str:
+def recipes_table(folder: str | Path) -> str:
     """The table for every SLowED recipe in ``folder`` whose base model is in :data:`ARCHITECTURES`."""
-    import glob
-    import os
-
     import yaml
 
     recipes = {}
-    for path in sorted(glob.glob(os.path.join(folder, "*.yaml"))):
-        with open(path, encoding="utf-8") as handle:
-            cfg = yaml.safe_load(handle)
-        if cfg.get("base_model") in ARCHITECTURES and cfg.get("slowed") is not None:
-            recipes[os.path.basename(path)] = cfg
+    for path in sorted(Path(folder).glob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(cfg, Mapping) and cfg.get("base_model") in ARCHITECTURES and cfg.get("slowed") is not None:
+            recipes[path.name] = cfg
     return table(recipes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-    import re
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print(recipes_table())
-        return 0
-    readme = argv[0]
-    with open(readme, encoding="utf-8") as handle:
-        text = handle.read()
-    block = f"{BEGIN}\n{recipes_table(os.path.dirname(readme) or '.')}\n{END}"
-    new, count = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    if count != 1:
-        print(f"{readme}: no {BEGIN!r} ... {END!r} block to replace", file=sys.stderr)
-        return 1
-    with open(readme, "w", encoding="utf-8") as handle:
-        handle.write(new)
+    parser = argparse.ArgumentParser(
+        prog="python -m slowed_plugin.axolotl.memory",
+        description="Estimated peak GPU memory of the SLowED recipes (estimates, not measurements).",
+    )
+    parser.add_argument(
+        "--recipes", type=Path, default=None, help="folder of recipe YAML files (default: the repository's recipes/)"
+    )
+    args = parser.parse_args(argv)
+    folder = args.recipes or default_recipes()
+    if folder is None:
+        parser.error("no recipes/ folder next to the package; pass `--recipes DIR`, a folder of recipe YAML files.")
+    if not folder.is_dir():
+        parser.error(f"`--recipes` must be a folder of recipe YAML files; got {str(folder)!r}.")
+    print(recipes_table(folder))
     return 0
 
 
