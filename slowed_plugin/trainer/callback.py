@@ -16,14 +16,14 @@ The callback itself only reacts to events:
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..config import SLowEDConfig
 from ..core.logits_loss import warmup
-from ..core.slow_tuning import SlowTuner
+from ..core.slow_tuning import ProjectionReport, SlowTuner
+from ..log import get_logger
 from ..rules import check_trainer
 from . import patches
 from .binding import calling_trainer
@@ -33,7 +33,7 @@ from .metrics import METRICS, SLowEDMetrics
 
 __all__ = ["METRICS", "REFERENCE_FILE", "SLowEDCallback", "online_masking"]
 
-logger = logging.getLogger("slowed_plugin")
+logger = get_logger()
 
 
 def online_masking(config: SLowEDConfig) -> bool:
@@ -61,6 +61,7 @@ class SLowEDCallback(TrainerCallback):
         self._masked_dataset: Any = None
         self._projected_at: int | None = None  # global step of the last projection
         self._seen_listed = False
+        self._projections: list[ProjectionReport] = []  # this run's, for the end line and the tau check
         # Guards that masking really trains (another component may compute the loss instead).
         self._loss_func_at_attach: Any = None
         self._verified = not online_masking(self.config)
@@ -99,7 +100,6 @@ class SLowEDCallback(TrainerCallback):
             monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor))
             trainer.add_callback(monitor)
             monitor.attach(trainer)
-        logger.info(self.config.describe())
 
     def detach(self) -> None:
         """Undo every patch on the trainer (also done at train end) and forget it."""
@@ -147,6 +147,9 @@ class SLowEDCallback(TrainerCallback):
             self._install()
         if online_masking(self.config):
             self._warmup_kernels(args)
+        self._projections = []
+        if state.is_world_process_zero:
+            logger.info(self.config.describe())
         if self.tuner is not None and self.tuner.dense and state.global_step > 0:
             load_reference(self.tuner, args.output_dir, state.global_step)
         if online_masking(self.config) and self.trainer.compute_loss_func is not self._loss_func_at_attach:
@@ -186,8 +189,12 @@ class SLowEDCallback(TrainerCallback):
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         # Guards a loop that ended without reaching `on_step_end` of its last step.
         if self.tuner is not None and self._projected_at != state.global_step:
-            self.tuner.project()
+            self._projections.append(self.tuner.project())
             self._projected_at = state.global_step
+        if self.tuner is not None:
+            line = _end_line(self.tuner, self._projections)  # on every rank: sharded norms are gathered
+            if state.is_world_process_zero:
+                logger.info(line)
         if self.patches is not None:
             self.patches.undo()
 
@@ -198,7 +205,11 @@ class SLowEDCallback(TrainerCallback):
         if self._projected_at == state.global_step:
             return
         self._projected_at = state.global_step
-        self.metrics.record_projection(self.tuner.project())
+        report = self.tuner.project()
+        self._projections.append(report)
+        self.metrics.record_projection(report)
+        if len(self._projections) == 1 and report.num_projected == 0 and state.is_world_process_zero:
+            logger.warning(_unbound_tau_warning(self.tuner.tau, report, state.global_step))
         if control is not None:
             control.should_log = True  # the projection's metrics reach the logs at this step
 
@@ -233,6 +244,24 @@ class SLowEDCallback(TrainerCallback):
     def drain_metrics(self) -> dict[str, float]:
         """Metrics accumulated since the last call (reduced over processes), then reset."""
         return self.metrics.drain()
+
+
+def _unbound_tau_warning(tau: float, report: ProjectionReport, step: int) -> str:
+    return (
+        f"SLowED: tau={tau:g} did not bind at the first projection (step {step}): the largest weight change is "
+        f"max ||ΔW||_F = {report.max_norm:.3g}, so Slow Tuning has changed nothing yet. To choose tau, train a "
+        "short plain run and read `slowed/max_delta_norm` (or `slowed demo --sweep-tau` for the trade-off); a "
+        "tau below the norm a plain epoch reaches is one that binds."
+    )
+
+
+def _end_line(tuner: SlowTuner, reports: list[ProjectionReport]) -> str:
+    largest = float(tuner.norms().max())
+    projected = sum(1 for r in reports if r.num_projected)
+    return (
+        f"SLowED: trained weights satisfy max ||ΔW||_F = {largest:.4g} <= tau = {tuner.tau:g} "
+        f"({projected} of {len(reports)} projections this run scaled at least one of {len(tuner.weights)} weights)."
+    )
 
 
 def _ends_epoch(state: TrainerState) -> bool:
