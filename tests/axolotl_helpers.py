@@ -153,18 +153,23 @@ class Run:
     def eval_logs(self) -> list[dict[str, Any]]:
         return [entry for entry in self.state()["log_history"] if "eval_loss" in entry]
 
-    def adapter_norms(self) -> dict[str, float]:
-        """||scaling · B @ A||_F of every LoRA layer in the saved adapter."""
+    def checkpoints(self) -> list[Path]:
+        """The run's checkpoint folders, in step order."""
+        return sorted(self.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+
+    def adapter_norms(self, folder: Path | None = None) -> dict[str, float]:
+        """||scaling · B @ A||_F of every LoRA layer in the saved adapter (or the one in ``folder``)."""
         import torch
         from safetensors.torch import load_file
 
         from slowed_plugin.core.slow_tuning import lora_delta_norm
 
-        with open(self.output_dir / "adapter_config.json", encoding="utf-8") as handle:
+        folder = self.output_dir if folder is None else folder
+        with open(folder / "adapter_config.json", encoding="utf-8") as handle:
             adapter = json.load(handle)
         rank, alpha = adapter["r"], adapter["lora_alpha"]
         scaling = alpha / math.sqrt(rank) if adapter.get("use_rslora") else alpha / rank
-        weights = load_file(str(self.output_dir / "adapter_model.safetensors"))
+        weights = load_file(str(folder / "adapter_model.safetensors"))
         norms = {}
         for key, lora_a in weights.items():
             if key.endswith("lora_A.weight"):
