@@ -14,11 +14,12 @@ Pure torch (and PEFT's layer types to find LoRA layers); knows nothing of traine
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..checks import check_choice, check_tau
 
 # Relative slack under which a norm counts as already on the ball (float32 rounding of tau / n).
 _ROUNDING = 1e-6
@@ -161,11 +162,9 @@ class SlowTuner:
         reference_device: str = "cpu",
         check_start: bool = True,
     ) -> None:
-        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-            raise ValueError(f"`tau` must be a finite number > 0; got {tau!r}.")
-        if scope not in ("layer", "global"):
-            raise ValueError(f"`tau_scope` must be one of layer, global; got {scope!r}.")
-        self.tau, self.scope = float(tau), scope
+        # The config's own checks (one wording everywhere); SLowEDConfigError is a ValueError.
+        self.tau = check_tau(tau, optional=False)
+        self.scope = check_choice("tau_scope", scope, ("layer", "global"))
         self.model = model
         _check_supported_peft(model)
         self._discover()
