@@ -198,7 +198,7 @@ class SLowEDConfig:
     def describe(self) -> str:
         """One line with the resolved settings, for startup logs."""
         slow = (
-            f"Slow Tuning tau={self.tau:g} ({self.tau_scope}, every {self.project_every})"
+            f"Slow Tuning tau={self.tau:g} ({self.tau_scope}, every {_every(self.project_every)})"
             if self.slow_tuning
             else "Slow Tuning off"
         )
@@ -237,3 +237,9 @@ def _checked(values: dict[str, Any], spelling: Spelling) -> dict[str, Any]:
         checked = check_monitor_config(values["safety_monitor"], spelling=spelling.child("safety_monitor"))
         out["safety_monitor"] = MappingProxyType(checked)
     return out
+
+
+def _every(project_every: int | str) -> str:
+    if project_every == "epoch":
+        return "epoch"
+    return f"{project_every} optimizer step" + ("s" if project_every != 1 else "")

@@ -46,10 +46,6 @@ def slowed_config(cfg: Any) -> SLowEDConfig | None:
 class SLowEDPlugin(BasePlugin):
     """Slow Tuning + Low-Entropy Masking (arXiv 2508.09666) for Axolotl; settings under the ``slowed:`` key."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.callback: SLowEDCallback | None = None
-
     def get_input_args(self) -> str:
         return "slowed_plugin.axolotl.args.SLowEDArgs"
 
@@ -69,13 +65,7 @@ class SLowEDPlugin(BasePlugin):
             return []
         callback = SLowEDCallback(config)
         callback.attach(trainer)
-        self.callback = callback
+        # One console: the callback's end line and tau warning go through Axolotl's logger; the start line is this one.
+        callback.log, callback.announce_start = LOG, False
         LOG.info(config.describe())
         return [callback]
-
-    def post_train(self, cfg, model) -> None:
-        # Axolotl calls post_train twice (after the loop and after saving); report once per run.
-        callback, self.callback = self.callback, None
-        if callback is not None and callback.tuner is not None:
-            largest = float(callback.tuner.norms().max())
-            LOG.info(f"SLowED: trained weights satisfy max ||ΔW||_F = {largest:.6g} <= tau = {callback.tuner.tau:g}")
