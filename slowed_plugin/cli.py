@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "slowed_plugin.demo.cli",
         "CoT distillation that costs safety, and what SLowED does about it (CPU, no downloads).",
     ),
-    "quickstart": ("slowed_plugin.quickstart", "A short SLowED run of a tiny local model (CPU, seconds)."),
+    "quickstart": ("slowed_plugin.quickstart", "A short SLowED run of a tiny local model (CPU, about a minute)."),
     "check": ("slowed_plugin.axolotl.check", "Check that an Axolotl recipe will train with SLowED on."),
     "eval safety": ("slowed_plugin.evaluation.safety_cli", "Safety ratio of a model on harmful prompts."),
     "inspect": ("slowed_plugin.inspector", "Show which target tokens Low-Entropy Masking drops."),
