@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 
@@ -16,11 +17,39 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "slowed_plugin.demo.cli",
         "CoT distillation that costs safety, and what SLowED does about it (CPU, no downloads).",
     ),
-    "quickstart": ("slowed_plugin.quickstart", "A short SLowED run of a tiny local model (CPU, seconds)."),
+    "quickstart": ("slowed_plugin.quickstart", "A short SLowED run of a tiny local model (CPU, about a minute)."),
     "check": ("slowed_plugin.axolotl.check", "Check that an Axolotl recipe will train with SLowED on."),
     "eval safety": ("slowed_plugin.evaluation.safety_cli", "Safety ratio of a model on harmful prompts."),
     "inspect": ("slowed_plugin.inspector", "Show which target tokens Low-Entropy Masking drops."),
+    "recipes": ("slowed_plugin.recipes_cli", "List the bundled Axolotl recipes, or copy one out."),
 }
+
+# name -> (packages the command imports beyond the base install, the extra that brings them).
+NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "demo": (("matplotlib", "trl"), "demo"),
+    "quickstart": (("trl",), "trl"),
+    "check": (("axolotl",), "axolotl"),
+}
+VERBOSE_ENV = "SLOWED_VERBOSE"
+
+
+def missing_extra(command: str) -> str | None:
+    """The one line saying which extra ``command`` needs, or None when its packages are installed.
+
+    Checked before any work, so that a long run does not die on an import at its end.
+    """
+    packages, extra = NEEDS.get(command, ((), ""))
+    missing = [name for name in packages if not _installed(name)]
+    if not missing:
+        return None
+    return f"slowed {command} needs {' and '.join(missing)}: pip install 'slowed-plugin[{extra}]'"
+
+
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _offline_defaults() -> None:
@@ -31,6 +60,13 @@ def _offline_defaults() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slowed", description="SLowED: safer chain-of-thought distillation.")
+    # Accepted before and after the sub-command; SUPPRESS keeps the sub-parser from resetting the top one.
+    verbose_help = (
+        f"Show third-party import noise (torchao, torch, bitsandbytes) hidden by default; or {VERBOSE_ENV}=1."
+    )
+    verbose = argparse.ArgumentParser(add_help=False)
+    for target in (parser, verbose):
+        target.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=verbose_help)
     top = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, (module, help_text) in COMMANDS.items():
@@ -42,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                 group = parent.add_parser(part, help=f"{part} sub-commands")
                 groups[key] = group.add_subparsers(dest=f"command_{depth + 1}", required=True)
             parent = groups[key]
-        sub = parent.add_parser(parts[-1], help=help_text, description=help_text)
-        sub.set_defaults(_module=module)
+        sub = parent.add_parser(parts[-1], help=help_text, description=help_text, parents=[verbose])
+        sub.set_defaults(_module=module, _command=name)
         try:
             importlib.import_module(module).add_arguments(sub)
         except ImportError as err:  # an optional extra is missing: say so when the command runs
@@ -55,10 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
     args = build_parser().parse_args(argv)
+    needed = missing_extra(args._command)
+    if needed is not None:
+        print(needed, file=sys.stderr)
+        return 2
     error = getattr(args, "_import_error", None)
     if error is not None:
-        print(f"slowed: this command needs a missing package ({error}); install slowed-plugin[demo].", file=sys.stderr)
+        extra = NEEDS[args._command][1] if args._command in NEEDS else ""
+        target = f"slowed-plugin[{extra}]" if extra else "slowed-plugin"
+        print(f"slowed {args._command}: a package is missing ({error}): pip install '{target}'", file=sys.stderr)
         return 2
+    verbose = getattr(args, "verbose", False) or os.environ.get(VERBOSE_ENV, "").strip() not in ("", "0")
+    if not verbose:
+        from .quiet import silence_import_noise
+
+        silence_import_noise()
     from .config import SLowEDConfigError
 
     try:

@@ -68,8 +68,10 @@ def test_short_form_and_mapping_validate_to_the_same_resolved_settings(validate)
     assert {k: validate({"slowed": full})["slowed"][k] for k in full} == full
 
 
-def test_the_key_is_dropped_without_the_plugin(validate):
-    # Axolotl's own behaviour, the trap that `slowed check` exists for.
+def test_the_key_is_dropped_without_the_plugin(validate, monkeypatch):
+    # Axolotl's own behaviour, the trap that `slowed check` and the train-time guard exist for
+    # (the guard, once installed, would stop this validation: tests/test_axolotl_guard.py).
+    monkeypatch.setenv("SLOWED_AXOLOTL_GUARD", "0")
     assert validate({"plugins": []}).get("slowed") is None
 
 

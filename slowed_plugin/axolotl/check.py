@@ -19,6 +19,7 @@ import argparse
 import copy
 import difflib
 import importlib
+import importlib.util
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,8 +130,22 @@ def _looks_like_slowed(name: Any) -> bool:
     return "slowed" in text or difflib.SequenceMatcher(None, text, PLUGIN_NAME.lower()).ratio() > 0.7
 
 
-def _check_plugins(data: Mapping[str, Any], report: Report) -> list[str]:
-    """Resolve every ``plugins:`` entry; return the importable ones (they are what Axolotl would load)."""
+AXOLOTL_MISSING = "axolotl is not installed (pip install 'slowed-plugin[axolotl]'); the recipe cannot be checked."
+
+
+def _axolotl_installed() -> bool:
+    try:
+        return importlib.util.find_spec("axolotl") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_plugins(data: Mapping[str, Any], report: Report) -> list[str] | None:
+    """Resolve every ``plugins:`` entry; return the importable ones (they are what Axolotl would load),
+    or None when axolotl itself is missing (then every entry fails to load, and that is the one cause)."""
+    if not _axolotl_installed():
+        report.error(AXOLOTL_MISSING)
+        return None
     plugins = data.get("plugins") or []
     if not isinstance(plugins, Sequence) or isinstance(plugins, str):
         report.error(f"`plugins` must be a list of `module.ClassName` entries; got {plugins!r}.")
@@ -257,6 +272,8 @@ def check_recipe(path: str) -> Report:
     if data is None:
         return report
     plugins = _check_plugins(data, report)
+    if plugins is None:
+        return report
     _check_key(data, report)
     _check_schema(data, plugins, report)
     return report

@@ -64,6 +64,8 @@ def load_model_and_tokenizer(
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    if model.startswith((".", os.sep, "~")) and not os.path.exists(os.path.expanduser(model)):
+        raise FileNotFoundError(f"the model folder {os.path.abspath(os.path.expanduser(model))} does not exist.")
     if adapter is None and os.path.isdir(model) and _is_adapter(model):
         model, adapter = _adapter_base(model), model
     base = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
@@ -88,4 +90,34 @@ def _adapter_base(path: str) -> str:
             f"{path} holds a PEFT adapter without `base_model_name_or_path`; pass the base model with "
             f"`--model BASE --adapter {path}`."
         )
-    return base
+    return resolve_base(base, path)
+
+
+def resolve_base(base: str, adapter: str) -> str:
+    """The base model an adapter names, as a path or hub id.
+
+    Axolotl saves ``base_model_name_or_path`` as written in the recipe, often relative to the folder
+    training ran from (``./models/x``). A relative path that exists from the current folder is kept;
+    else one that exists from the adapter's folder (or its parent, the run's output folder) is used;
+    a name that looks like a path but exists nowhere fails with one line naming the paths tried. A
+    plain ``org/name`` is a hub id.
+    """
+    if os.path.isabs(base):
+        if not os.path.exists(base):
+            raise FileNotFoundError(f"the adapter {adapter} names base model {base}, which does not exist.")
+        return base
+    if os.path.exists(base):
+        return base
+    folder = os.path.abspath(adapter)
+    tried = [os.path.normpath(os.path.join(start, base)) for start in (folder, os.path.dirname(folder))]
+    for candidate in tried:
+        if os.path.exists(candidate):
+            return candidate
+    looks_local = base.startswith((".", "~")) or base.count("/") != 1 or os.sep != "/" and os.sep in base
+    if looks_local:
+        shown = ", ".join([os.path.abspath(base), *tried])
+        raise FileNotFoundError(
+            f"the adapter {adapter} names base model {base!r}, found at none of: {shown}; "
+            f"pass it with `--model BASE --adapter {adapter}`."
+        )
+    return base  # a hub id

@@ -120,17 +120,52 @@ def evaluate_safety(
     return result
 
 
-def write_jsonl(records: Sequence[dict[str, Any]], path: str) -> None:
-    """One JSON object per line, UTF-8, non-ASCII kept readable."""
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``, so that
+    an interrupted write leaves the old file (or none), never half a file."""
     import os
+    import tempfile
 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_jsonl(records: Sequence[dict[str, Any]], path: str) -> None:
+    """One JSON object per line, UTF-8, non-ASCII kept readable; written atomically."""
+    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+
+def append_jsonl(handle: Any, records: Sequence[dict[str, Any]]) -> None:
+    """Append ``records`` to an open text file and flush them to disk: an interrupt loses none of them."""
+    import os
+
+    for record in records:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """The records of a JSONL file; a last line cut short by an interrupted write is ignored."""
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        lines = [line for line in handle if line.strip()]
+    records = []
+    for number, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines) - 1 and not line.endswith("\n"):
+                break
+            raise
+    return records

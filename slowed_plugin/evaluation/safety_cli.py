@@ -5,12 +5,94 @@
 
 Writes one JSONL record per prompt and prints the ratio and its interval as the last line.
 Top-level imports stay light: torch and transformers load in :func:`run`.
+
+Durable: each judged answer is appended to ``--out`` (and flushed) as it is judged, and generated
+answers to ``OUT.answers.partial`` before judging, so an interrupted run loses at most one batch.
+Running the same command again resumes: prompts already in ``--out`` are skipped, and the summary is
+computed over all records, the same numbers as an uninterrupted run. ``OUT.settings.json`` records
+what produced ``--out``; a rerun with other settings is refused with one line naming the first
+differing setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
+from typing import Any
+
+# The arguments that decide a record; a resumed run must match them (batch sizes, device, progress do not).
+SETTINGS = (
+    "model",
+    "adapter",
+    "prompts",
+    "prompt_column",
+    "split",
+    "subset",
+    "limit",
+    "seed",
+    "judge",
+    "judge_format",
+    "unsafe_label",
+    "max_new_tokens",
+    "no_chat_template",
+    "dtype",
+)
+
+
+def settings_of(args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
+    settings = {name: getattr(args, name) for name in SETTINGS}
+    settings["prompts_sha256"] = hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode()).hexdigest()
+    return settings
+
+
+def settings_path(out: str) -> str:
+    return out + ".settings.json"
+
+
+def answers_path(out: str) -> str:
+    return out + ".answers.partial"
+
+
+def resume_state(out: str, settings: dict[str, Any], prompts: list[str]) -> tuple[dict[int, dict], dict[int, str]]:
+    """Records already judged and answers already generated for these settings (empty for a new run).
+
+    Raises ValueError (one line) when ``out`` was written with other settings or holds other prompts.
+    """
+    from .safety import read_jsonl
+
+    if not os.path.exists(out) and not os.path.exists(answers_path(out)):
+        return {}, {}
+    if not os.path.exists(settings_path(out)):
+        raise ValueError(
+            f"{out} exists but {settings_path(out)} does not, so it cannot be resumed safely; "
+            "pass another --out or delete the file."
+        )
+    with open(settings_path(out), encoding="utf-8") as handle:
+        saved = json.load(handle)
+    for name in (*SETTINGS, "prompts_sha256"):
+        if saved.get(name) != settings[name]:
+            flag = "the prompts themselves" if name == "prompts_sha256" else f"--{name.replace('_', '-')}"
+            shown = "" if name == "prompts_sha256" else f" ({saved.get(name)!r} there, {settings[name]!r} now)"
+            raise ValueError(
+                f"{out} was written with other settings: {flag} differs{shown}; rerun with the same "
+                "settings to resume, or pass another --out."
+            )
+    done = {}
+    if os.path.exists(out):
+        for record in read_jsonl(out):
+            index = record.get("index")
+            if not isinstance(index, int) or not 0 <= index < len(prompts) or record.get("prompt") != prompts[index]:
+                raise ValueError(f"{out} holds a record that is not one of these prompts ({record.get('index')!r}).")
+            done[index] = record
+    generated = {}
+    if os.path.exists(answers_path(out)):
+        for row in read_jsonl(answers_path(out)):
+            if row["index"] not in done:
+                generated[row["index"]] = row["answer"]
+    return done, generated
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,14 +145,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Weights' dtype (auto: bfloat16 on a GPU that supports it, else float32).",
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
-    parser.add_argument("--out", required=True, help="JSONL file for the per-prompt records.")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="JSONL file for the per-prompt records, appended as they are judged; an existing one from the same "
+        "settings is resumed.",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from .judges import RefusalJudge, load_judge
-    from .models import load_model_and_tokenizer
+    from .judges import load_judge
     from .prompts import load_prompts
-    from .safety import evaluate_safety, write_jsonl
+    from .safety import atomic_write_text, summarize, write_jsonl
 
     for name in ("max_new_tokens", "batch_size", "judge_batch_size"):
         if getattr(args, name) < 1:
@@ -103,29 +189,94 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"slowed eval safety: {err}", file=sys.stderr)
         return 2
+    settings = settings_of(args, prompts)
+    try:
+        done, generated = resume_state(args.out, settings, prompts)
+    except ValueError as err:
+        print(f"slowed eval safety: {err}", file=sys.stderr)
+        return 2
     print(
         f"slowed eval safety: {len(prompts)} prompts from {args.prompts}"
         + (f" (limit {args.limit}, seed {args.seed})" if args.limit else "")
         + f"; {judge.describe()}",
         file=sys.stderr,
     )
-    model, tokenizer = load_model_and_tokenizer(args.model, args.adapter, device=args.device, dtype=args.dtype)
-    result = evaluate_safety(
-        model,
-        tokenizer,
-        prompts,
-        judge=judge,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        progress=not args.no_progress,
-        use_chat_template=False if args.no_chat_template else None,
-        free_model_before_judging=not isinstance(judge, RefusalJudge),
-    )
-    write_jsonl(result.records, args.out)
+    if done or generated:
+        print(
+            f"slowed eval safety: resuming {args.out}: {len(done)} judged, {len(generated)} generated, "
+            f"{len(prompts) - len(done)} to go.",
+            file=sys.stderr,
+        )
+    else:
+        atomic_write_text(settings_path(args.out), json.dumps(settings, indent=1) + "\n")
+    try:
+        seconds = _generate_and_judge(args, prompts, judge, done, generated)
+    except FileNotFoundError as err:  # a missing local model or base model: one line
+        print(f"slowed eval safety: {err}", file=sys.stderr)
+        return 2
+    records = [done[i] for i in range(len(prompts))]
+    result = summarize(records, judge.name)
+    write_jsonl(records, args.out)  # in prompt order, atomically; the appended file had the same records
+    if os.path.exists(answers_path(args.out)):
+        os.remove(answers_path(args.out))
     print(
-        f"slowed eval safety: {result.n} records in {args.out}; generation {result.generation_seconds:.1f} s, "
-        f"judging {result.judge_seconds:.1f} s.",
+        f"slowed eval safety: {result.n} records in {args.out}; generation {seconds[0]:.1f} s, "
+        f"judging {seconds[1]:.1f} s.",
         file=sys.stderr,
     )
     print(result.summary())
     return 0
+
+
+def _batches(items: list[int], size: int) -> list[list[int]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _generate_and_judge(
+    args: argparse.Namespace, prompts: list[str], judge: Any, done: dict[int, dict], generated: dict[int, str]
+) -> tuple[float, float]:
+    """Fill ``done`` with a record per prompt, appending each batch to the files as it finishes."""
+    import time
+
+    from .generation import generate_answers
+    from .judges import RefusalJudge
+    from .models import free_memory, load_model_and_tokenizer
+    from .safety import append_jsonl, make_records
+
+    todo = [i for i in range(len(prompts)) if i not in done]
+    missing = [i for i in todo if i not in generated]
+    start = time.perf_counter()
+    if missing:
+        model, tokenizer = load_model_and_tokenizer(args.model, args.adapter, device=args.device, dtype=args.dtype)
+        batches = _batches(missing, args.batch_size)
+        if not args.no_progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc="generating", unit="batch")
+        with open(answers_path(args.out), "a", encoding="utf-8") as handle:
+            for batch in batches:
+                answers = generate_answers(
+                    model,
+                    tokenizer,
+                    [prompts[i] for i in batch],
+                    max_new_tokens=args.max_new_tokens,
+                    batch_size=args.batch_size,
+                    progress=False,
+                    use_chat_template=False if args.no_chat_template else None,
+                )
+                append_jsonl(handle, [{"index": i, "answer": a} for i, a in zip(batch, answers, strict=True)])
+                generated.update(zip(batch, answers, strict=True))
+        if not isinstance(judge, RefusalJudge):  # a guard comes next: make room for it on the GPU
+            model.to("cpu")
+            del model
+            free_memory()
+    generation_done = time.perf_counter()
+    with open(args.out, "a", encoding="utf-8") as handle:
+        for batch in _batches(todo, args.judge_batch_size):
+            batch_prompts, answers = [prompts[i] for i in batch], [generated[i] for i in batch]
+            records = make_records(batch_prompts, answers, judge.verdicts(batch_prompts, answers), judge.name)
+            for i, record in zip(batch, records, strict=True):
+                record["index"] = i
+                done[i] = record
+            append_jsonl(handle, records)
+    return generation_done - start, time.perf_counter() - generation_done
