@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .models import add_model_arguments
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, help="Model folder or hub id (a folder holding an adapter works too)."
-    )
-    parser.add_argument("--adapter", default=None, help="PEFT adapter folder or hub id applied on top of --model.")
+    add_model_arguments(parser)
     parser.add_argument(
         "--prompts",
         required=True,

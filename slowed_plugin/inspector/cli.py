@@ -8,21 +8,19 @@ import sys
 from typing import Any
 
 from ..data import COT_TINY
+from ..evaluation.models import add_model_arguments
 from .render import render_html, render_terminal
 from .score import inspect_examples
 
+_DATA_HELP = (
+    "Training examples: a .jsonl/.json file or hub dataset id with prompt/completion, messages or text rows "
+    "(default: the bundled chain-of-thought sample)."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, help="Model folder or hub id (a folder holding an adapter works too)."
-    )
-    parser.add_argument("--adapter", default=None, help="PEFT adapter folder or hub id applied on top of --model.")
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="Training examples: a .jsonl/.json file or hub dataset id with prompt/completion, messages or text rows "
-        "(default: the bundled chain-of-thought sample).",
-    )
+    add_model_arguments(parser)
+    parser.add_argument("--data", default=None, help=_DATA_HELP)
     parser.add_argument("--split", default="train", help="Split of a hub dataset (default train).")
     parser.add_argument(
         "--text", action="append", default=None, help="An example given inline (repeatable); trains on every token."
