@@ -79,7 +79,9 @@ def run_one(
     }
 
 
-def _callbacks(spec: RunSpec, train: TrainSettings, sets: EvalSets, tokenizer, queue, rows, opener: str):
+def _callbacks(
+    spec: RunSpec, train: TrainSettings, sets: EvalSets, tokenizer, queue, rows: list[dict[str, str]], opener: str
+):
     """SLowED (the product, registered as the README says; plain runs register nothing), then the demo's
     measurements, then the safety monitor."""
     from .. import SLowEDCallback
