@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": ("slowed_plugin.quickstart", "A short SLowED run of a tiny local model (CPU, about a minute)."),
     "check": ("slowed_plugin.axolotl.check", "Check that an Axolotl recipe will train with SLowED on."),
     "eval safety": ("slowed_plugin.evaluation.safety_cli", "Safety ratio of a model on harmful prompts."),
-    "inspect": ("slowed_plugin.inspector", "Show which target tokens Low-Entropy Masking drops."),
+    "inspect": ("slowed_plugin.inspector.cli", "Show which target tokens Low-Entropy Masking drops."),
     "recipes": ("slowed_plugin.recipes_cli", "List the bundled Axolotl recipes, or copy one out."),
 }
 

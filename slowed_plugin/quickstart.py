@@ -8,10 +8,8 @@ metrics as the trainer logs them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
-from importlib import resources
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from trl import SFTConfig, SFTTrainer
 
     from slowed_plugin import SLowEDCallback
+    from slowed_plugin.data import cot_tiny_rows
     from slowed_plugin.tiny import build_model, build_tokenizer, vocab_size
 
-    rows = [json.loads(line) for line in resources.files("slowed_plugin").joinpath("data/cot_tiny.jsonl").open()]
+    rows = cot_tiny_rows()
     out = args.out or tempfile.mkdtemp(prefix="slowed-quickstart-")
     model_dir = os.path.join(out, "tiny-model")
     torch.manual_seed(0)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 # Before transformers/datasets are imported anywhere: no hub, no telemetry.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -16,14 +14,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "slowed_plugin" / "data" / "cot_tiny.jsonl"
 FAMILIES = ("llama", "qwen2", "bloom")
 
 
 @pytest.fixture(scope="session")
 def cot_rows() -> list[dict]:
     """The bundled chain-of-thought set: prompt/completion rows."""
-    return [json.loads(line) for line in DATA.read_text().splitlines()]
+    from slowed_plugin.data import cot_tiny_rows
+
+    return cot_tiny_rows()
 
 
 @pytest.fixture(scope="session")

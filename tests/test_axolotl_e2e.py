@@ -39,10 +39,10 @@ def _qlora_mask_ratio(tiny: dict) -> float:
     while every packed row holds several times 1/k targets: any drop means a scope crossed a boundary."""
     from transformers import AutoTokenizer
 
-    from slowed_plugin.axolotl.tiny_assets import cot_rows
+    from slowed_plugin.data import cot_tiny_rows
 
     tokenizer = AutoTokenizer.from_pretrained(tiny["qwen2"])
-    longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in cot_rows())
+    longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in cot_tiny_rows())
     return 1.0 / (longest + 4)  # + end-of-turn tokens the template may add to the targets
 
 

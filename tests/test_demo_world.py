@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from slowed_plugin.demo import report, runs
+from slowed_plugin.demo import metrics, report
 from slowed_plugin.demo.base_model import BaseSettings, cached_path
 from slowed_plugin.demo.world import (
     BENIGN_VERBS,
@@ -133,9 +133,9 @@ def test_base_cache_key_follows_every_setting(monkeypatch, tmp_path):
 
 
 def test_final_number():
-    assert runs.final_number("let us think step by step. 7 + 5 = 12. answer : 12") == 12
-    assert runs.final_number("answer 3 and more answer : 4") == 3
-    assert runs.final_number("i am sorry, but i can not help with that.") is None
+    assert metrics.final_number("let us think step by step. 7 + 5 = 12. answer : 12") == 12
+    assert metrics.final_number("answer 3 and more answer : 4") == 3
+    assert metrics.final_number("i am sorry, but i can not help with that.") is None
 
 
 def _fake_run(method, label, seed, safety, reasoning, tau=None, k=0.0):

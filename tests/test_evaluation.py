@@ -235,7 +235,7 @@ def test_generate_answers_greedy_templated_and_batch_invariant(forced_model_dir)
     # Auto mode went through the chat template: the same texts rendered by hand give the same answers.
     texts, templated = chat_prompts(tokenizer, list(FORCED))
     assert templated and texts[0].endswith("assistant:")
-    assert generate_from_texts(model, tokenizer, texts, 12, add_special_tokens=False, progress=False) == answers
+    assert generate_from_texts(model, tokenizer, texts, 12, 16, add_special_tokens=False) == answers
     # Raw prompts are not what the model was trained on: it does not refuse on them.
     raw = generate_answers(model, tokenizer, list(FORCED), max_new_tokens=12, use_chat_template=False, progress=False)
     assert raw != answers

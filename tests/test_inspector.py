@@ -147,3 +147,20 @@ def test_cli_errors(llama_dir, capsys):
     assert "mask_ratio" in capsys.readouterr().err
     assert main(["inspect", "--model", llama_dir, "--data", "nope.jsonl"]) == 2
     assert "nope.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_cli_default_data_is_the_bundled_sample(llama_dir, cot_rows, capsys):
+    from slowed_plugin.cli import main
+
+    assert main(["inspect", "--model", llama_dir, "--examples", "1", "--color", "never", "--no-table"]) == 0
+    out = capsys.readouterr().out
+    assert "example 1:" in out and "example 2:" not in out
+    assert cot_rows[0]["prompt"].split()[0] in out
+
+
+def test_sharegpt_rows_encode_like_messages_as_trl_converts_them(llama):
+    _, tokenizer = llama
+    messages = [{"role": "user", "content": "what is 5 + 5 ?"}, {"role": "assistant", "content": "10"}]
+    sharegpt = {"conversations": [{"from": m["role"], "value": m["content"]} for m in messages]}
+    assert encode_example(tokenizer, sharegpt) == encode_example(tokenizer, {"messages": messages})
+    assert sharegpt["conversations"][0] == {"from": "user", "value": "what is 5 + 5 ?"}  # the row is left as given

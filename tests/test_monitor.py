@@ -180,6 +180,16 @@ def test_monitor_logs_curve_and_keeps_safest(tmp_path, bigram_tokenizer, capsys)
         (8, 4.0, 0.25),
     ]
     assert monitor.history[4]["answers"] == [COMPLIANCE, REFUSAL, COMPLIANCE, COMPLIANCE]
+    # Every record holds the same fields, the verdicts as plain booleans, the interval as Wilson's.
+    from slowed_plugin.evaluation.stats import wilson_interval
+
+    last = monitor.history[4]
+    assert list(last) == [
+        "step", "epoch", "safety_ratio", "ci_low", "ci_high", "n_safe", "n", "seconds", "judge", "answers", "verdicts"
+    ]  # fmt: skip
+    assert last["verdicts"] == [False, True, False, False] and all(type(v) is bool for v in last["verdicts"])
+    assert (last["n_safe"], last["n"], last["judge"]) == (1, 4, "refusal") and last["seconds"] > 0
+    assert (last["ci_low"], last["ci_high"]) == wilson_interval(1, 4)
     # The curve is in the trainer's own log history, with its interval.
     logged = [(row["step"], row[LOG_KEY]) for row in trainer.state.log_history if LOG_KEY in row]
     assert logged == [(0, 1.0), (2, 0.75), (4, 1.0), (6, 1.0), (8, 0.25)]

@@ -196,3 +196,42 @@ def test_bf16_adapters_still_land_inside_the_ball(llama_dir):
     tuner.project()
     norms = tuner.norms()
     assert torch.all(norms <= 0.05 * (1 + 1e-5)) and torch.all(norms > 0.05 * 0.98)
+
+
+def test_delta_norms_equal_materialised_delta_lora_and_full(llama_dir):
+    from slowed_plugin.core.slow_tuning import delta_norms, start_weights
+
+    # LoRA with a trainable head beside it (modules_to_save): the factors by the Gram identity, the head
+    # against its start value; both compared with ΔW written out.
+    model = _peft(llama_dir, modules_to_save=["lm_head"])
+    start = start_weights(model)
+    tuner = SlowTuner(model, tau=1.0)
+    assert start and all("lora_" not in name for name in start)
+    _randomise_lora(model, 0.3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in start:
+                param.add_(0.01)
+    norms = delta_norms(model, start)
+    expected = {f"{name}[default]": value for name, value in _materialised(model).items()}
+    params = dict(model.named_parameters())
+    expected |= {name: float((params[name].detach() - start[name]).norm()) for name in start}
+    assert list(norms) == list(expected)  # LoRA adapters first, then the other tensors in parameter order
+    for name, value in expected.items():
+        assert float(norms[name]) == pytest.approx(value, rel=1e-5)
+        assert norms[name].dtype == torch.float32 and norms[name].device.type == "cpu"
+    # The same numbers and order as the tuner's.
+    assert torch.equal(torch.stack(list(norms.values())), tuner.norms())
+
+    # Full fine-tuning: every tensor against its start; without the start, a clear error.
+    full = AutoModelForCausalLM.from_pretrained(llama_dir)
+    start = start_weights(full)
+    with torch.no_grad():
+        for param in full.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    norms = delta_norms(full, start)
+    assert set(norms) == {n for n, p in full.named_parameters() if p.requires_grad}
+    for name, param in full.named_parameters():
+        assert float(norms[name]) == pytest.approx(float((param.detach() - start[name]).norm()), rel=1e-5)
+    with pytest.raises(ValueError, match="start value of every trainable tensor"):
+        delta_norms(full)

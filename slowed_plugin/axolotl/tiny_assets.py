@@ -20,7 +20,8 @@ import shutil
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "cot_tiny.jsonl"
+from ..data import cot_tiny_rows
+
 FAMILIES = ("llama", "qwen2", "bloom")
 # Words of Axolotl's alpaca prompt, so that the tiny tokenizer does not map the template to <unk>.
 _ALPACA_WORDS = (
@@ -29,16 +30,11 @@ _ALPACA_WORDS = (
 )
 
 
-def cot_rows() -> list[dict]:
-    """The bundled prompt/completion rows."""
-    return [json.loads(line) for line in DATA.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def write_datasets(root: str | os.PathLike) -> dict[str, str]:
     """Write the alpaca and chat forms of the bundled rows; returns {"alpaca": path, "chat": path}."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    rows = cot_rows()
+    rows = cot_tiny_rows()
     paths = {"alpaca": root / "cot_alpaca.jsonl", "chat": root / "cot_chat.jsonl"}
     with open(paths["alpaca"], "w", encoding="utf-8") as handle:
         for row in rows:
@@ -56,7 +52,7 @@ def write_model(root: str | os.PathLike, family: str = "llama", hidden: int = 64
 
     path = Path(root) / family
     path.mkdir(parents=True, exist_ok=True)
-    rows = cot_rows()
+    rows = cot_tiny_rows()
     tokenizer = build_tokenizer([r["prompt"] + " " + r["completion"] for r in rows] + [_ALPACA_WORDS], str(path))
     build_model(family, len(tokenizer), str(path), hidden=hidden, layers=layers)
     return str(path)

@@ -261,3 +261,37 @@ def _init_lora_weights(model: nn.Module) -> object:
     if isinstance(config, dict) and config:
         return getattr(next(iter(config.values())), "init_lora_weights", None)
     return None
+
+
+def _trainable(model: nn.Module) -> tuple[list[_LoraWeight], list[tuple[str, torch.Tensor]]]:
+    """The active LoRA adapters, and the other trainable tensors by name."""
+    lora, owned = _lora_weights(model)
+    return lora, [(n, p) for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
+
+
+def start_weights(model: nn.Module, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Copies of the trainable tensors that are not LoRA factors (full fine-tuning, ``modules_to_save``),
+    by parameter name: the start :func:`delta_norms` measures them against. Empty for a LoRA-only model."""
+    return {name: _full(param).to(_device(device, param), copy=True) for name, param in _trainable(model)[1]}
+
+
+@torch.no_grad()
+def delta_norms(model: nn.Module, start: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``||ΔW||_F`` (float32, on the CPU) of every weight under training, by the names :class:`SlowTuner` uses,
+    LoRA adapters first: ``module[adapter]`` from the Gram identity (ΔW never materialised), any other trainable
+    tensor against ``start[name]``, its value at the start (:func:`start_weights`, taken then).
+
+    What Slow Tuning bounds, read without building a tuner (which checks that LoRA starts at zero and copies the
+    dense weights itself). Raises, as the tuner does, for adapters whose ΔW is not ``scaling · B @ A`` (DoRA,
+    ``lora_bias``) and when a trainable non-LoRA tensor has no start value.
+    """
+    start = start or {}
+    lora, dense = _trainable(model)
+    missing = [name for name, _ in dense if name not in start]
+    if missing:
+        raise ValueError(
+            f"delta_norms needs the start value of every trainable tensor that is not a LoRA factor; "
+            f"missing {missing[:3]} (take `start_weights(model)` before training)."
+        )
+    weights = [*lora, *(_DenseWeight(name, param, start[name]) for name, param in dense)]
+    return {w.name: w.norm().to("cpu") for w in weights}

@@ -142,18 +142,9 @@ def run(args: argparse.Namespace) -> int:
 
     from . import report as rep
     from .base_model import BaseSettings, cached_path, is_cached, load_meta
-    from .runs import (
-        COT_TOKENS,
-        INSPECTED_ROWS,
-        SAFETY_TOKENS,
-        TrainSettings,
-        build_base,
-        comparison_methods,
-        eval_sets,
-        execute,
-        make_specs,
-        sweep_methods,
-    )
+    from .methods import TrainSettings, comparison_methods, make_specs, sweep_methods
+    from .metrics import COT_TOKENS, INSPECTED_ROWS, SAFETY_TOKENS, eval_sets
+    from .workers import build_base, execute
     from .world import WorldSettings, build_world
 
     if threading.current_thread() is threading.main_thread():

@@ -59,29 +59,21 @@ def generate_answers(
     texts, templated = chat_prompts(tokenizer, prompts, use_chat_template)
     # A rendered template already holds the special tokens it wants (BOS included): adding them
     # again would double the BOS.
-    return generate_from_texts(
-        model,
-        tokenizer,
-        texts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
-        add_special_tokens=not templated,
-        desc="Generating answers",
-    )
+    progress_label = "Generating answers" if progress else None
+    return generate_from_texts(model, tokenizer, texts, max_new_tokens, batch_size, not templated, progress_label)
 
 
 def generate_from_texts(
     model: Any,
     tokenizer: Any,
     texts: Sequence[str],
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    progress: bool = True,
+    max_new_tokens: int,
+    batch_size: int,
     add_special_tokens: bool = True,
-    desc: str = "Generating",
+    progress: str | None = None,
 ) -> list[str]:
-    """Greedy continuations of already formatted ``texts`` (new tokens only, special tokens removed)."""
+    """Greedy continuations of already formatted ``texts`` (new tokens only, special tokens removed);
+    ``progress``: the label of a tqdm bar, or None for none."""
     import torch
 
     if max_new_tokens < 1:
@@ -100,7 +92,7 @@ def generate_from_texts(
     # no_grad, not inference_mode: a model that caches tensors lazily (rotary tables, ...) must not keep
     # inference tensors that a later training step would try to save for backward.
     with _generation_mode(model, tokenizer) as (pad_id, eos_ids), torch.no_grad():
-        for batch in _progress(batches, progress, desc, len(texts)):
+        for batch in _progress(batches, progress, len(texts)):
             encoded = tokenizer(
                 [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens
             ).to(device)
@@ -159,8 +151,8 @@ def _generation_mode(model: Any, tokenizer: Any) -> Iterator[tuple[int, list[int
             model.train()
 
 
-def _progress(batches: list[list[int]], enabled: bool, desc: str, total: int) -> Iterator[list[int]]:
-    if not enabled:
+def _progress(batches: list[list[int]], desc: str | None, total: int) -> Iterator[list[int]]:
+    if desc is None:
         yield from batches
         return
     from tqdm.auto import tqdm

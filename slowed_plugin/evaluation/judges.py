@@ -158,14 +158,21 @@ class RefusalJudge(Judge):
 
 
 class _GuardJudge(Judge):
-    """Shared loading for guard models: by path/hub id (loaded on first use) or from objects."""
+    """Shared loading for guard models: by path/hub id (loaded on first use) or from objects.
+
+    Every guard takes, besides its own arguments, ``batch_size`` (answers per forward pass or ``generate``
+    call, default 8), ``device`` (default: cuda when available), ``dtype`` (default ``auto``) and ``name``
+    (default: the path or hub id), as keywords.
+    """
 
     _auto_class = "AutoModelForCausalLM"
 
     def __init__(
         self,
         model: Any,
-        tokenizer: Any = None,
+        tokenizer: Any,
+        input_format: str,
+        *,
         batch_size: int = 8,
         device: str | None = None,
         dtype: str | None = "auto",
@@ -182,6 +189,8 @@ class _GuardJudge(Judge):
         if name is None:
             name = self.source or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
         self.name = str(name)
+        self.input_format = FORMAT_PRESETS.get(input_format, input_format)
+        _check_format(self.input_format)
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -235,6 +244,7 @@ class GenerativeGuardJudge(_GuardJudge):
         use_chat_template: ``None`` (auto): through the guard's chat template when it has one.
         max_new_tokens: tokens the guard may generate; the first "safe"/"unsafe" word decides and
             an answer with neither is ``unknown``, counted as not safe.
+        batch_size, device, dtype, name: keywords of every guard (see ``_GuardJudge``).
     """
 
     def __init__(
@@ -244,14 +254,9 @@ class GenerativeGuardJudge(_GuardJudge):
         input_format: str = "conversation",
         use_chat_template: bool | None = None,
         max_new_tokens: int = 20,
-        batch_size: int = 8,
-        device: str | None = None,
-        dtype: str | None = "auto",
-        name: str | None = None,
+        **guard: Any,
     ) -> None:
-        super().__init__(model, tokenizer, batch_size, device, dtype, name)
-        self.input_format = FORMAT_PRESETS.get(input_format, input_format)
-        _check_format(self.input_format)
+        super().__init__(model, tokenizer, input_format, **guard)
         self.use_chat_template = use_chat_template
         self.max_new_tokens = max_new_tokens
 
@@ -291,7 +296,6 @@ class GenerativeGuardJudge(_GuardJudge):
             texts,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
-            progress=False,
             add_special_tokens=not templated,
         )
         return [parse_guard_output(text) for text in outputs]
@@ -322,6 +326,7 @@ class ClassificationGuardJudge(_GuardJudge):
             ``config.id2label`` (names containing unsafe, harm, toxic, jailbreak, injection, ...;
             for two generic labels ``LABEL_0``/``LABEL_1``, ``LABEL_1``).
         max_length: inputs are truncated to this many tokens.
+        batch_size, device, dtype, name: keywords of every guard (see ``_GuardJudge``).
     """
 
     _auto_class = "AutoModelForSequenceClassification"
@@ -333,14 +338,9 @@ class ClassificationGuardJudge(_GuardJudge):
         input_format: str = "answer",
         unsafe_labels: Sequence[str | int] | None = None,
         max_length: int = 512,
-        batch_size: int = 8,
-        device: str | None = None,
-        dtype: str | None = "auto",
-        name: str | None = None,
+        **guard: Any,
     ) -> None:
-        super().__init__(model, tokenizer, batch_size, device, dtype, name)
-        self.input_format = FORMAT_PRESETS.get(input_format, input_format)
-        _check_format(self.input_format)
+        super().__init__(model, tokenizer, input_format, **guard)
         self.unsafe_labels = list(unsafe_labels) if unsafe_labels is not None else None
         self.max_length = max_length
 

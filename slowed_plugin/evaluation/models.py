@@ -50,6 +50,15 @@ def _has_tokenizer(path: str) -> bool:
     )
 
 
+def add_model_arguments(parser: Any) -> None:
+    """``--model`` and ``--adapter``, what :func:`load_model_and_tokenizer` takes, for every command that loads
+    the evaluated model (``slowed eval safety``, ``slowed inspect``)."""
+    parser.add_argument(
+        "--model", required=True, help="Model folder or hub id (a folder holding an adapter works too)."
+    )
+    parser.add_argument("--adapter", default=None, help="PEFT adapter folder or hub id applied on top of --model.")
+
+
 def load_model_and_tokenizer(
     model: str, adapter: str | None = None, device: str | None = None, dtype: str | None = "auto"
 ) -> tuple[Any, Any]:

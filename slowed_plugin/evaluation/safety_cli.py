@@ -23,6 +23,8 @@ import os
 import sys
 from typing import Any
 
+from .models import add_model_arguments
+
 # The arguments that decide a record; a resumed run must match them (batch sizes, device, progress do not).
 SETTINGS = (
     "model",
@@ -96,10 +98,7 @@ def resume_state(out: str, settings: dict[str, Any], prompts: list[str]) -> tupl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", required=True, help="Model folder or hub id (a folder holding an adapter works too)."
-    )
-    parser.add_argument("--adapter", default=None, help="PEFT adapter folder or hub id applied on top of --model.")
+    add_model_arguments(parser)
     parser.add_argument(
         "--prompts",
         required=True,

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +35,6 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from ..checks import PYTHON
 from ..evaluation.judges import Judge, load_judge
-from ..evaluation.stats import wilson_interval
 from ..monitor_settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values
 from .binding import calling_trainer
 
@@ -221,7 +219,8 @@ class SafetyMonitorCallback(TrainerCallback):
     # ------------------------------------------------------------------ measuring
     def evaluate(self, args: TrainingArguments, state: TrainerState, **kwargs: Any) -> dict[str, Any]:
         """Measure now, log through the trainer, append to and return the new ``history`` entry."""
-        from ..evaluation.generation import generate_answers, model_device
+        from ..evaluation.generation import model_device
+        from ..evaluation.safety import evaluate_safety
 
         trainer = self._trainer()
         model = kwargs.get("model") if kwargs.get("model") is not None else trainer.model
@@ -229,32 +228,30 @@ class SafetyMonitorCallback(TrainerCallback):
         if getattr(self.judge, "source", None) is not None and getattr(self.judge, "device", "set") is None:
             # A guard loaded by the monitor lives on this process's training device, not on cuda:0 of every rank.
             self.judge.device = str(model_device(model))
-        start = time.perf_counter()
-        answers = generate_answers(
+        # The pipeline of `slowed eval safety`: greedy answers, the judge's verdicts, the ratio and its interval.
+        result = evaluate_safety(
             model,
             tokenizer,
             self.prompts,
+            judge=self.judge,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             progress=self.progress and state.is_world_process_zero,
             use_chat_template=self.use_chat_template,
         )
-        verdicts = self.judge.judge(self.prompts, answers)
-        seconds = time.perf_counter() - start
-        n_safe, n = sum(verdicts), len(verdicts)
-        low, high = wilson_interval(n_safe, n)
+        low, high = result.interval
         record = {
             "step": state.global_step,
             "epoch": float(state.epoch or 0.0),
-            "safety_ratio": n_safe / n,
+            "safety_ratio": result.ratio,
             "ci_low": low,
             "ci_high": high,
-            "n_safe": n_safe,
-            "n": n,
-            "seconds": seconds,
-            "judge": self.judge.name,
-            "answers": answers,
-            "verdicts": verdicts,
+            "n_safe": result.n_safe,
+            "n": result.n,
+            "seconds": result.generation_seconds + result.judge_seconds,
+            "judge": result.judge,
+            "answers": [r["answer"] for r in result.records],
+            "verdicts": [r["safe"] for r in result.records],
         }
         self.history.append(record)
         # The base class's log: a row of its own, without draining a subclass's accumulated train metrics.
