@@ -261,88 +261,114 @@ def worker_steps(variants: list[str], rounds: int, steps: int, batch: int, lengt
 
 
 # --------------------------------------------------------------------------- (c) Slow Tuning
-LLAMA3_8B = {  # (in_features, out_features) of each projection
-    "q_proj": (4096, 4096),
-    "k_proj": (4096, 1024),
-    "v_proj": (4096, 1024),
-    "o_proj": (4096, 4096),
-    "gate_proj": (4096, 14336),
-    "up_proj": (4096, 14336),
-    "down_proj": (14336, 4096),
+LLAMA3_8B = {  # LlamaConfig of Llama-3-8B; the base weights stay on the meta device (never allocated)
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128_256,
 }
 
 
-def worker_slow_tuning(reps: int, dense_layers: int) -> dict:
+def _llama3_8b_lora(rank: int, alpha: int, dtype, seed: int = 0):
+    """A PEFT LoRA model of Llama-3-8B's shape (all linear layers): the frozen base on the meta device,
+    real adapters (A as PEFT initialises it, a trained-looking B) on the CPU."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**LLAMA3_8B))
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, target_modules="all-linear"))
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            lora_a, lora_b = module.lora_A["default"], module.lora_B["default"]
+            fan_in, fan_out = lora_a.in_features, lora_b.out_features
+            bound = fan_in**-0.5
+            a = torch.empty(rank, fan_in).uniform_(-bound, bound, generator=generator)
+            b = torch.randn(fan_out, rank, generator=generator) * 1e-3  # trained: ΔW != 0
+            lora_a.weight = torch.nn.Parameter(a.to(dtype))
+            lora_b.weight = torch.nn.Parameter(b.to(dtype))
+    return model
+
+
+def worker_slow_tuning(reps: int, dense_layers: int, bf16: bool) -> dict:
+    """``SlowTuner.project()`` as the callback calls it, on Llama-3-8B-shaped LoRA adapters (r=64, all
+    linear layers, float32; tau=1 puts the 64 gate/up projections outside the ball)."""
     import torch
 
-    from slowed_plugin.core.slow_tuning import lora_delta_norm
+    from slowed_plugin.core import slow_tuning
+    from slowed_plugin.core.slow_tuning import SlowTuner, lora_delta_norm
 
-    torch.manual_seed(0)
-    rank, alpha, tau, layers = 64, 128, 1.0, 32
-    scaling = alpha / rank
-    adapters = []
-    for _ in range(layers):
-        for fan_in, fan_out in LLAMA3_8B.values():
-            a = torch.empty(rank, fan_in).uniform_(-(fan_in**-0.5), fan_in**-0.5)
-            b = torch.randn(fan_out, rank) * 1e-3  # a trained B: ΔW != 0
-            adapters.append((a, b))
-    saved = [b.clone() for _, b in adapters]
-    params = sum(a.numel() + b.numel() for a, b in adapters)
+    rank, alpha, tau = 64, 128, 1.0
 
-    def slow_tuning_pass() -> tuple[float, int]:
-        # SlowTuner.project, layer scope: every norm from the r x r Gram identity, then B *= tau/||ΔW||.
-        norms = torch.stack([lora_delta_norm(a, b, scaling) for a, b in adapters])
-        projected = 0
-        for (_, b), norm in zip(adapters, norms.tolist(), strict=True):
-            if norm > tau * (1 + 1e-6):
-                b.mul_(tau / norm)
-                projected += 1
-        return float(norms.max()), projected
-
-    def timed(threads: int) -> list[float]:
+    def timed(tuner, saved, threads: int):
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
-        times = []
+        times, reports, calls = [], [], []
+        original = slow_tuning.lora_delta_norm
+        counter = [0]
+
+        def counting(*args):
+            counter[0] += 1
+            return original(*args)
+
+        slow_tuning.lora_delta_norm = counting
         try:
             for _ in range(reps + 1):
-                for (_, b), original in zip(adapters, saved, strict=True):
-                    b.copy_(original)
+                with torch.no_grad():
+                    for weight, b in zip(tuner.lora, saved, strict=True):
+                        weight.lora_b.copy_(b)
+                counter[0] = 0
                 start = time.perf_counter()
-                result = slow_tuning_pass()
+                reports.append(tuner.project())
                 times.append(time.perf_counter() - start)
+                calls.append(counter[0])
         finally:
+            slow_tuning.lora_delta_norm = original
             torch.set_num_threads(previous)
-        return times[1:], result
+        return times[1:], reports[-1], calls[-1]
 
-    # Default threads (what a user gets), then one thread: 448 small GEMMs, each an OpenMP region,
-    # suffer badly from spin-waiting when other processes hold the cores.
-    times, (max_norm, projected) = timed(torch.get_num_threads())
-    times_one, _ = timed(1)
-
-    # Materialising ΔW, for `dense_layers` layers, extrapolated to all 32.
-    count = dense_layers * len(LLAMA3_8B)
-    pairs = [(a, b) for (a, _), b in zip(adapters[:count], saved[:count], strict=True)]
-    start = time.perf_counter()
-    check = [float(torch.linalg.vector_norm(scaling * (b @ a))) for a, b in pairs]
-    dense = (time.perf_counter() - start) * layers / dense_layers
-    # Accuracy against float64: the Gram identity in float32, and the materialised ΔW in float32.
-    truth = [
-        float(((b.double().T @ b.double()) * (a.double() @ a.double().T)).sum().sqrt() * scaling) for a, b in pairs
-    ]
-    gram = [float(lora_delta_norm(a, b, scaling)) for a, b in pairs]
-    rel_gram = max(abs(x - y) / y for x, y in zip(gram, truth, strict=True))
-    rel_dense = max(abs(x - y) / y for x, y in zip(check, truth, strict=True))
-    return {
-        "times": times,
-        "times_one_thread": times_one,
-        "dense_s": dense,
-        "dense_layers": dense_layers,
-        "max_norm": max_norm,
-        "projected": projected,
-        "adapter_params": params,
-        "rel_err_gram": rel_gram,
-        "rel_err_dense": rel_dense,
-    }
+    result = {}
+    for name in ["float32", "bfloat16"] if bf16 else ["float32"]:
+        model = _llama3_8b_lora(rank, alpha, getattr(torch, name))
+        tuner = SlowTuner(model, tau, check_start=False)
+        saved = [w.lora_b.detach().clone() for w in tuner.lora]
+        # Default threads (what a user gets), then one thread: 448 small GEMMs, each an OpenMP region,
+        # suffer from spin-waiting when other processes hold the cores.
+        times, report, calls = timed(tuner, saved, torch.get_num_threads())
+        times_one, _, _ = timed(tuner, saved, 1)
+        result[name] = {
+            "times": times,
+            "times_one_thread": times_one,
+            "max_norm": report.max_norm,
+            "projected": report.num_projected,
+            "weights": report.num_weights,
+            "norm_calls": calls,
+            "adapter_params": sum(w.lora_a.numel() + w.lora_b.numel() for w in tuner.lora),
+        }
+        if name != "float32":
+            del model, tuner, saved
+            continue
+        # Materialising ΔW, for `dense_layers` layers, extrapolated to all 32.
+        pairs = [(w.lora_a.detach(), b, w.scaling) for w, b in zip(tuner.lora, saved, strict=True)]
+        pairs = pairs[: dense_layers * 7]
+        start = time.perf_counter()
+        check = [float(torch.linalg.vector_norm(s * (b @ a))) for a, b, s in pairs]
+        result["dense_s"] = (time.perf_counter() - start) * 32 / dense_layers
+        result["dense_layers"] = dense_layers
+        # Accuracy against float64: the Gram identity in float32, and the materialised ΔW in float32.
+        truth = [
+            float(((b.double().T @ b.double()) * (a.double() @ a.double().T)).sum().sqrt() * s) for a, b, s in pairs
+        ]
+        gram = [float(lora_delta_norm(a, b, s)) for a, b, s in pairs]
+        result["rel_err_gram"] = max(abs(x - y) / y for x, y in zip(gram, truth, strict=True))
+        result["rel_err_dense"] = max(abs(x - y) / y for x, y in zip(check, truth, strict=True))
+        del model, tuner, saved, pairs
+    return result
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -356,6 +382,10 @@ def run_worker(name: str, **kwargs) -> dict:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-5000:])
         raise RuntimeError(f"benchmark worker {name} {kwargs} failed (exit {done.returncode})")
     return json.loads(result[-1][len("RESULT ") :])
+
+
+def _range(values: list[float]) -> str:
+    return f"{min(values):.3f}-{statistics.median(values):.3f}-{max(values):.3f}"
 
 
 def machine() -> str:
@@ -452,26 +482,27 @@ def main(argv: list[str] | None = None) -> int:
         ratios["step_rss"] = rss["slowed"] / rss["default"]
 
     if "c" in opts.only:
-        st = run_worker("slow_tuning", reps=3 if quick else 7, dense_layers=1 if quick else 4)
-        s = med(st["times"])
+        st = run_worker("slow_tuning", reps=3 if quick else 7, dense_layers=1 if quick else 2, bf16=not quick)
+        fp32 = st["float32"]
         print(
-            f"\n(c) Slow Tuning pass, Llama-3-8B-shaped LoRA r=64, 32 layers x 7 projections "
-            f"({st['adapter_params'] / 1e6:.0f}M adapter parameters, float32)"
+            f"\n(c) SlowTuner.project(), as the callback calls it: Llama-3-8B-shaped PEFT LoRA r=64, all linear layers "
+            f"({fp32['weights']} adapters, {fp32['adapter_params'] / 1e6:.0f}M parameters), tau=1"
         )
-        one = med(st["times_one_thread"])
+        for name, r in ((k, st[k]) for k in ("float32", "bfloat16") if k in st):
+            print(
+                f"    {name}: {med(r['times']):.3f} s median ({_range(r['times'])}) on default threads, "
+                f"{med(r['times_one_thread']):.3f} s on 1 thread; {r['projected']}/{r['weights']} projected, "
+                f"{r['norm_calls']} norms computed ({r['norm_calls'] / r['weights']:.2f} per adapter)"
+            )
         print(
-            f"    Gram identity (lora_delta_norm + rescale of B): {s:.3f} s (median, default threads), "
-            f"{one:.3f} s on 1 thread; {st['projected']} projected"
-        )
-        print(
-            f"    materialising every ΔW: {st['dense_s']:.1f} s (measured on {st['dense_layers']} layer(s), x "
-            f"{32 // st['dense_layers']}), {st['dense_s'] / s:.0f}x slower"
+            f"    materialising every ΔW instead: {st['dense_s']:.1f} s (measured on {st['dense_layers']} layer(s), "
+            f"x {32 // st['dense_layers']}), {st['dense_s'] / med(fp32['times']):.0f}x slower"
         )
         print(
             f"    largest relative error of the norm against float64: Gram identity {st['rel_err_gram']:.1e}, "
             f"materialised ΔW {st['rel_err_dense']:.1e}"
         )
-        ratios["slow_tuning_s"] = s
+        ratios["slow_tuning_s"] = med(fp32["times"])
 
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     print("ratios " + " ".join(f"{k}={v:.3f}" for k, v in ratios.items()))
