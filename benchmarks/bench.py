@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = opts.quick
     started = time.perf_counter()
     print(f"machine: {machine()}")
-    print(f"command: python benchmarks/bench.py{' --quick' if quick else ''}")
+    print(f"command: python benchmarks/bench.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     ratios = {"loss_time": float("nan"), "loss_mem": float("nan"), "step_time": float("nan"), "step_rss": float("nan")}
     for key in ("slow_tuning_s", "step_time_real", "step_rss_real", "step_time_real_bf16", "step_rss_real_bf16"):
         ratios[key] = float("nan")
