@@ -235,3 +235,62 @@ def test_delta_norms_equal_materialised_delta_lora_and_full(llama_dir):
         assert float(norms[name]) == pytest.approx(float((param.detach() - start[name]).norm()), rel=1e-5)
     with pytest.raises(ValueError, match="start value of every trainable tensor"):
         delta_norms(full)
+
+
+def _count_norm_passes(monkeypatch):
+    """Record the lora_B of every LoRA norm computed (one entry per weight per pass)."""
+    from slowed_plugin.core import slow_tuning
+
+    measured = []
+    original = slow_tuning.lora_delta_norm
+
+    def counting(lora_a, lora_b, scaling):
+        measured.append(id(lora_b))
+        return original(lora_a, lora_b, scaling)
+
+    monkeypatch.setattr(slow_tuning, "lora_delta_norm", counting)
+    return measured
+
+
+def _half_outside(model, tuner, dtype=torch.float32):
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.to(dtype)
+    _randomise_lora(model, 0.2)
+    with torch.no_grad():
+        for weight in tuner.lora[::2]:
+            weight.lora_b.mul_(0.01)  # every other layer well inside the ball
+    before = tuner.norms()
+    assert (before > tuner.tau).any() and (before < tuner.tau).any(), "the test needs layers on both sides of tau"
+    return before
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_fp32_projection_is_one_norm_pass(llama_dir, monkeypatch, scope):
+    model = _peft(llama_dir)
+    tuner = SlowTuner(model, tau=1.0, scope=scope)
+    before = _half_outside(model, tuner)
+    measured = _count_norm_passes(monkeypatch)
+    report = tuner.project()
+    assert sorted(measured) == sorted(id(w.lora_b) for w in tuner.lora)  # each norm once, nothing re-checked
+    assert report.num_projected > 0
+    after = tuner.norms()
+    if scope == "layer":
+        # The norms the projection inferred (c·||ΔW||) are the norms the weights have.
+        torch.testing.assert_close(after, before.clamp_max(1.0), rtol=1e-6, atol=0)
+        assert torch.all(after <= 1.0 * (1 + 1e-6))
+    else:
+        assert float(torch.linalg.vector_norm(after)) <= 1.0 * (1 + 1e-6)
+
+
+def test_bf16_projection_rechecks_only_scaled_layers(llama_dir, monkeypatch):
+    model = _peft(llama_dir)
+    tuner = SlowTuner(model, tau=1.0)
+    before = _half_outside(model, tuner, torch.bfloat16)
+    scaled = {id(w.lora_b) for w, n in zip(tuner.lora, before.tolist(), strict=True) if n > 1.0}
+    measured = _count_norm_passes(monkeypatch)
+    tuner.project()
+    first, rechecked = measured[: len(tuner.lora)], measured[len(tuner.lora) :]
+    assert sorted(first) == sorted(id(w.lora_b) for w in tuner.lora)
+    assert rechecked and set(rechecked) <= scaled  # the layers inside the ball are not measured again
+    assert torch.all(tuner.norms() <= 1.0 * (1 + 1e-5))

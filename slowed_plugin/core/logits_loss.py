@@ -134,10 +134,18 @@ class _Kernels:
             return self._compiled
 
     def _call(self, name: str, eager: Callable[..., Any], *args: Any) -> Any:
-        if not self.enabled:
+        z = args[0]
+        # Dynamo specialises sizes 0 and 1: a one-row chunk (a trailing partial chunk, at any step)
+        # would compile a graph of its own; one row costs nothing eagerly.
+        if not self.enabled or z.shape[0] < 2:
             return eager(*args)
         try:
-            return self._get()[name](*args)
+            # One global state for every caller: Dynamo guards on grad mode and autocast, and the
+            # kernels run in the forward (under the trainer's autocast), in the backward (grad off,
+            # no autocast), in the reference mask and in `warmup`. Neither affects them: they take
+            # no gradient and upcast explicitly.
+            with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+                return self._get()[name](*args)
         except Exception as err:  # noqa: BLE001 - a compiler failure of any kind means: run eagerly
             # The eager kernel raises too when the inputs themselves are wrong; only a compiler
             # failure switches the process to the eager kernels.
@@ -150,11 +158,19 @@ class _Kernels:
             )
             return result
 
+    # Dynamo also guards on requires_grad (the fused path's logits require grad even where grad
+    # mode is off) and on strides (the backward's per-row weights can be an expanded scalar, stride
+    # 0): the kernels see detached logits (free) and contiguous per-row vectors (one chunk's rows).
     def stats(self, z, y, scale=1.0, softcap=None):
-        return self._call("stats", _row_stats, z, y, float(scale), _softcap(softcap))
+        return self._call("stats", _row_stats, z.detach(), y.contiguous(), float(scale), _softcap(softcap))
 
     def grad_into(self, z, lse, y, w, out, scale=1.0, softcap=None) -> None:
-        self._call("grad", _row_grad_into, z, lse, y, w, out, float(scale), _softcap(softcap))
+        # `out is z` (the chunked path overwrites its logits) compiles as a graph of its own: keep it.
+        z_, out_ = z.detach(), out.detach()
+        if out is z:
+            out_ = z_
+        rows = (lse.contiguous(), y.contiguous(), w.contiguous())
+        self._call("grad", _row_grad_into, z_, *rows, out_, float(scale), _softcap(softcap))
 
 
 def _softcap(value: float | None) -> float | None:
@@ -170,22 +186,42 @@ def warmup(
     device: torch.device | str = "cpu",
     logit_scale: float = 1.0,
     final_logit_softcapping: float | None = None,
+    paths: tuple[str, ...] = ("logits", "hidden_states"),
 ) -> float:
-    """Compile (or load from inductor's cache) the kernels for these logits, so that the first
-    training step does not pay for it. Returns the seconds spent; a no-op under eager kernels."""
+    """Compile (or load from inductor's cache) the graphs the loss will run for these logits, so that
+    no training step compiles. Returns the seconds spent; a no-op under eager kernels.
+
+    ``paths``: ``"logits"`` (:func:`fused_masked_causal_lm_loss`: the model already applied its scale
+    and soft-cap; the backward writes into a separate gradient) and/or ``"hidden_states"``
+    (:mod:`~slowed_plugin.core.hidden_states_loss`: ``logit_scale`` and ``final_logit_softcapping``
+    applied in the kernels; the backward overwrites the recomputed logits in place, which Dynamo
+    compiles as a graph of its own). A training step then finds every graph it needs: the kernels
+    always run without grad and autocast (see ``_Kernels._call``), chunk heights and vocabulary sizes
+    are dynamic from two rows up, and one-row chunks run eagerly.
+    """
     import time
 
     start = time.perf_counter()
     if not KERNELS.enabled:
         return 0.0
+    unknown = set(paths) - {"logits", "hidden_states"}
+    if unknown:
+        raise ValueError(f"`paths` must name logits and/or hidden_states; got {sorted(unknown)}.")
+    settings = []
+    if "logits" in paths:
+        settings.append((1.0, None, False))
+    if "hidden_states" in paths:
+        settings.append((logit_scale, final_logit_softcapping, True))
     for dtype in dtypes:
-        # Three rows: sizes 0 and 1 are specialised by dynamo, anything larger shares one graph.
-        z = torch.zeros(3, vocab_size, dtype=dtype, device=device)
-        y = torch.zeros(3, dtype=torch.long, device=device)
-        lse, _, _, _ = KERNELS.stats(z, y, logit_scale, final_logit_softcapping)
-        KERNELS.grad_into(z, lse, y, torch.ones(3, device=device), z, logit_scale, final_logit_softcapping)
-        if not KERNELS.enabled:
-            break
+        for scale, softcap, in_place in settings:
+            # Three rows: sizes 0 and 1 are specialised by dynamo, anything larger shares one graph.
+            z = torch.zeros(3, vocab_size, dtype=dtype, device=device)
+            y = torch.zeros(3, dtype=torch.long, device=device)
+            w = torch.ones(3, device=device)
+            lse = KERNELS.stats(z, y, scale, softcap)[0]
+            KERNELS.grad_into(z, lse, y, w, z if in_place else torch.empty_like(z), scale, softcap)
+            if not KERNELS.enabled:
+                return time.perf_counter() - start
     return time.perf_counter() - start
 
 

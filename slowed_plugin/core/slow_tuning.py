@@ -23,8 +23,9 @@ from ..checks import check_choice, check_tau
 
 # Relative slack under which a norm counts as already on the ball (float32 rounding of tau / n).
 _ROUNDING = 1e-6
-# Second-pass target for weights stored in bf16/fp16, whose rounding (2^-8 relative) can push
-# a just-projected norm over tau: land at tau * (1 - margin) instead.
+# Second-pass target for scaled weights whose stored result rounds coarser than c·||ΔW|| (bf16/fp16
+# adapters, 2^-8 relative; dense W0 + c·ΔW, rounded relative to W), which can push a just-projected
+# norm over tau: land at tau * (1 - margin) instead.
 _LOW_PRECISION_MARGIN = 2**-7
 _MAX_RETRIES = 3
 
@@ -71,6 +72,12 @@ class _LoraWeight:
     def norm(self) -> torch.Tensor:
         return lora_delta_norm(self.lora_a, self.lora_b, self.scaling)
 
+    @property
+    def scale_is_exact(self) -> bool:
+        # B·c in float32 rounds each element by 2^-24 relative, so ||ΔW|| becomes c·||ΔW|| far inside the
+        # 1e-6 slack; bf16/fp16 round by up to 2^-8 and must be measured again.
+        return self.lora_b.dtype in (torch.float32, torch.float64)
+
     def scale_(self, factor: float) -> None:
         self.lora_b.mul_(factor)  # elementwise: on FSDP shards too, with the same factor on every rank
 
@@ -84,6 +91,9 @@ class _DenseWeight:
     def norm(self) -> torch.Tensor:
         param = _full(self.param)
         return torch.linalg.vector_norm(param.float() - self.reference.to(param.device, torch.float32))
+
+    # W0 + c·(W - W0) is rounded relative to W, not to the (much smaller) ΔW, in any dtype.
+    scale_is_exact = False
 
     def scale_(self, factor: float) -> None:
         reference = self.reference.to(self.param.device, torch.float32)
@@ -203,23 +213,36 @@ class SlowTuner:
     def norms(self) -> torch.Tensor:
         """``||ΔW||_F`` of every weight, float32, in the order of :attr:`weights`."""
         self._discover()
-        return torch.stack([w.norm().to("cpu") for w in self.weights])
+        return self._measure(self.weights)
+
+    @staticmethod
+    def _measure(weights: list[_LoraWeight | _DenseWeight]) -> torch.Tensor:
+        return torch.stack([w.norm().to("cpu") for w in weights]) if weights else torch.zeros(0)
 
     @torch.no_grad()
     def project(self) -> ProjectionReport:
-        """Scale every weight change whose norm exceeds tau back onto the ball (in place)."""
+        """Scale every weight change whose norm exceeds tau back onto the ball (in place).
+
+        One norm pass: scaling ΔW by c makes its norm c·||ΔW||, so the norms after the projection follow
+        from the factors. Only scaled weights whose stored result rounds coarser than that (bf16/fp16
+        adapters, and W0 + c·ΔW of dense weights) are measured again; they aim a little inside the ball.
+        """
         norms = self.norms()
+        weights = self.weights
         factors = self._factors(norms)
         max_norm = float(torch.linalg.vector_norm(norms)) if self.scope == "global" else float(norms.max())
         scaled = [f for f in factors if f < 1.0]
-        self._scale(factors)
-        # bf16/fp16 weights round the scaled product, which can leave a norm a hair above tau:
-        # aim a little inside the ball and check again (one extra pass in practice).
+        self._scale(factors, weights)
         for _ in range(_MAX_RETRIES):
-            factors = self._factors(self.norms(), margin=_LOW_PRECISION_MARGIN)
+            norms = norms * torch.tensor(factors, dtype=norms.dtype)
+            recheck = [i for i, f in enumerate(factors) if f < 1.0 and not weights[i].scale_is_exact]
+            if not recheck:
+                break
+            norms[recheck] = self._measure([weights[i] for i in recheck])
+            factors = self._factors(norms, margin=_LOW_PRECISION_MARGIN)
             if all(f == 1.0 for f in factors):
                 break
-            self._scale(factors)
+            self._scale(factors, weights)
         return ProjectionReport(
             max_norm=max_norm, num_projected=len(scaled), min_scale=min(scaled, default=1.0), num_weights=len(norms)
         )
@@ -234,8 +257,8 @@ class SlowTuner:
             return [target / total if total > limit else 1.0] * len(norms)
         return [target / n if n > limit else 1.0 for n in norms.tolist()]
 
-    def _scale(self, factors: list[float]) -> None:
-        for weight, factor in zip(self.weights, factors, strict=True):
+    def _scale(self, factors: list[float], weights: list[_LoraWeight | _DenseWeight] | None = None) -> None:
+        for weight, factor in zip(self.weights if weights is None else weights, factors, strict=True):
             if factor < 1.0:
                 weight.scale_(factor)
 

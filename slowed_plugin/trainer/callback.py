@@ -241,7 +241,12 @@ class SLowEDCallback(TrainerCallback):
         weight = getattr(model.get_output_embeddings(), "weight", None)
         if weight is None:
             return
-        seconds = warmup(weight.shape[0], tuple(dtypes), param.device)
+        # The chunked loss applies the model's logit scale and soft-cap inside the kernels (one graph per value).
+        config = getattr(model, "config", None)
+        scale = float(getattr(config, "logit_scale", None) or 1.0)
+        seconds = warmup(
+            weight.shape[0], tuple(dtypes), param.device, scale, getattr(config, "final_logit_softcapping", None)
+        )
         if seconds > 1:
             logger.info("SLowED: fused loss kernels ready in %.1f s (compiled once per process).", seconds)
 
