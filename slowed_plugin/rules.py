@@ -9,6 +9,8 @@ setting, its value, and what SLowED accepts instead, on one line.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from .config import SLowEDConfig, SLowEDConfigError
@@ -30,9 +32,10 @@ def check_training_args(config: SLowEDConfig | dict | list | tuple, args: Traini
         if fsdp_plugin_args:
             _check_fsdp_version(fsdp_plugin_args.get("fsdp_version", 1))
         if getattr(args, "deepspeed", None):
-            _refuse_deepspeed(f"`deepspeed={args.deepspeed!r}`")
-        if getattr(args, "deepspeed_plugin", None) is not None:
-            _refuse_deepspeed("`ACCELERATE_USE_DEEPSPEED=true`")
+            _check_deepspeed(f"`deepspeed={args.deepspeed!r}`", _deepspeed_config(args))
+        plugin = getattr(args, "deepspeed_plugin", None)
+        if plugin is not None:
+            _check_deepspeed("`ACCELERATE_USE_DEEPSPEED=true`", getattr(plugin, "deepspeed_config", None) or {})
 
 
 def check_trainer(config: SLowEDConfig, trainer: Trainer) -> None:
@@ -54,7 +57,11 @@ def check_trainer(config: SLowEDConfig, trainer: Trainer) -> None:
             _check_fsdp_version(getattr(plugin, "fsdp_version", 1))
         if getattr(trainer, "is_deepspeed_enabled", False):
             deepspeed = getattr(args, "deepspeed", None)
-            _refuse_deepspeed(f"`deepspeed={deepspeed!r}`" if deepspeed else "DeepSpeed from the accelerate config")
+            plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+            config = _deepspeed_config(args) or getattr(plugin, "deepspeed_config", None) or {}
+            _check_deepspeed(
+                f"`deepspeed={deepspeed!r}`" if deepspeed else "DeepSpeed from the accelerate config", config
+            )
 
 
 def _check_masking_args(args: TrainingArguments) -> None:
@@ -86,10 +93,33 @@ def _check_fsdp_version(version: Any) -> None:
         )
 
 
-def _refuse_deepspeed(setting: str) -> None:
-    # Every ZeRO stage copies its fp32 master weights back over the model's after each step, which would undo
-    # an in-place projection of the model's weights.
-    raise SLowEDConfigError(
-        f"Slow Tuning does not support DeepSpeed (got {setting}): ZeRO keeps fp32 master weights that "
-        "overwrite the projected ones after every step. Use DDP or FSDP2, or set `tau: null`."
-    )
+def _deepspeed_config(args: TrainingArguments) -> dict:
+    """The DeepSpeed config dict of ``args`` (transformers parses the file into ``hf_deepspeed_config``)."""
+    parsed = getattr(args, "hf_deepspeed_config", None)
+    if parsed is not None and isinstance(getattr(parsed, "config", None), dict):
+        return parsed.config
+    value = getattr(args, "deepspeed", None)
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and os.path.isfile(value):
+        with open(value) as f:
+            return json.load(f)
+    return {}
+
+
+def _check_deepspeed(setting: str, config: dict) -> None:
+    # Slow Tuning reads and writes ZeRO's fp32 master weights through DeepSpeed's API (core/zero.py); what it
+    # cannot reach is refused here, before any model is loaded.
+    zero = config.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    if stage not in (1, 2, 3):
+        raise SLowEDConfigError(
+            f"Slow Tuning supports DeepSpeed ZeRO stages 1, 2 and 3; got {setting} with zero_optimization.stage="
+            f"{stage!r}. Set the stage to 2 or 3, use DDP, or set `tau: null`."
+        )
+    offload = (zero.get("offload_optimizer") or {}).get("device", "none")
+    if offload not in (None, "none"):
+        raise SLowEDConfigError(
+            f"Slow Tuning does not support DeepSpeed optimizer offload (got {setting} with "
+            f"zero_optimization.offload_optimizer.device={offload!r}). Remove `offload_optimizer`, or set `tau: null`."
+        )

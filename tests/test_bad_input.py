@@ -94,11 +94,16 @@ TRL_CONFLICTS = {
         {"fsdp": "full_shard", "fsdp_config": {"version": 1}},
         ["fsdp_version=1", "FSDP2 only", "`fsdp_config={'version': 2}`", "`tau: null`"],
     ),
-    # SFTConfig(deepspeed=...) needs deepspeed installed; the rule reads the same field.
-    "deepspeed": (
+    # The rule reads the same field SFTConfig(deepspeed=...) fills (set after construction: no engine starts).
+    "deepspeed stage 0": (
         [10, 0],
-        {"deepspeed": "ds_zero2.json"},
-        ["`deepspeed='ds_zero2.json'`", "DDP or FSDP2", "tau: null"],
+        {"deepspeed": {"zero_optimization": {"stage": 0}}},
+        ["zero_optimization.stage=0", "stages 1, 2 and 3", "`tau: null`"],
+    ),
+    "deepspeed optimizer offload": (
+        [10, 0],
+        {"deepspeed": {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}},
+        ["offload_optimizer.device='cpu'", "Remove `offload_optimizer`", "`tau: null`"],
     ),
 }
 
@@ -107,6 +112,8 @@ TRL_ACCEPTED = {
     "liger with the reference mask": ({"tau": 10, "mask_ratio": 0.2, "entropy_source": "reference"}, {}),
     "fsdp2": ([10, 0.2], {"fsdp": "full_shard", "fsdp_config": {"version": 2}}),
     "deepspeed without slow tuning": ([None, 0.2], {"deepspeed": "ds_zero2.json"}),
+    "deepspeed zero2": ([10, 0.2], {"deepspeed": {"zero_optimization": {"stage": 2}}}),
+    "deepspeed zero3": ([10, 0.2], {"deepspeed": {"zero_optimization": {"stage": 3}}}),
     "label smoothing without masking": ([10, 0], {"label_smoothing_factor": 0.1}),
 }
 

@@ -77,7 +77,13 @@ class SLowEDCallback(TrainerCallback):
         if self.patches is not None:  # attached before (then detached): never stack our own layers
             self.patches.undo()
         if self.config.slow_tuning:
-            self.tuner = SlowTuner(trainer.model, self.config.tau, self.config.tau_scope, self.config.reference_device)
+            self.tuner = SlowTuner(
+                trainer.model,
+                self.config.tau,
+                self.config.tau_scope,
+                self.config.reference_device,
+                engine=lambda: getattr(trainer, "deepspeed", None),  # DeepSpeed's engine, once training started
+            )
         if online_masking(self.config):
             model = trainer.model
             causal = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -237,7 +243,8 @@ class SLowEDCallback(TrainerCallback):
         weight = getattr(model.get_output_embeddings(), "weight", None)
         if weight is None:
             return
-        seconds = warmup(weight.shape[0], tuple(dtypes), param.device)
+        vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partition's own shape is (0,)
+        seconds = warmup(vocab, tuple(dtypes), param.device)
         if seconds > 1:
             logger.info("SLowED: fused loss kernels ready in %.1f s (compiled once per process).", seconds)
 
