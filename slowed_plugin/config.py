@@ -9,27 +9,32 @@ names the key, the value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
+
+from .checks import (
+    PYTHON,
+    SLowEDConfigError,
+    Spelling,
+    check_choice,
+    check_every,
+    check_mask_ratio,
+    check_reference_scope,
+    check_tau,
+    yaml_spelling,
+)
+
+__all__ = ["MaskScope", "SLowEDConfig", "SLowEDConfigError", "TauScope"]
 
 MaskScope = Literal["batch", "sequence"]
 TauScope = Literal["layer", "global"]
 
 _MASK_SCOPES = ("batch", "sequence")
 _TAU_SCOPES = ("layer", "global")
+_ENTROPY_SOURCES = ("online", "reference")
 _REFERENCE_DEVICES = ("cpu", "model")
-
-
-class SLowEDConfigError(ValueError):
-    """A SLowED setting that cannot be honoured; the message is one line naming key, value and what is allowed."""
-
-
-def _is_number(value: Any) -> bool:
-    # bool is an int subclass; `tau: true` in YAML is a typo, not 1.0.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -120,30 +125,10 @@ class SLowEDConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_tau(self.tau)
-        _check_mask_ratio(self.mask_ratio)
-        _check_choice("mask_scope", self.mask_scope, _MASK_SCOPES)
-        _check_choice("tau_scope", self.tau_scope, _TAU_SCOPES)
-        _check_choice("entropy_source", self.entropy_source, ("online", "reference"))
-        if self.entropy_source == "reference" and self.mask_scope != "sequence":
-            raise SLowEDConfigError(
-                "`entropy_source: reference` masks each example before batches exist, so it needs "
-                f"`mask_scope: sequence`; got `mask_scope: {self.mask_scope}`."
-            )
-        _check_choice("reference_device", self.reference_device, _REFERENCE_DEVICES)
-        _check_project_every(self.project_every)
-        if self.safety_monitor is not None:
-            from .evaluation.monitor_config import check_monitor_config  # light: no torch
-
-            try:
-                checked = check_monitor_config(self.safety_monitor, key="safety_monitor")
-            except ValueError as err:
-                raise SLowEDConfigError(str(err)) from None
-            object.__setattr__(self, "safety_monitor", MappingProxyType(checked))
-        # Normalise ints to floats so that `[10, 0.2]` and `{tau: 10.0, ...}` compare equal.
-        if self.tau is not None:
-            object.__setattr__(self, "tau", float(self.tau))
-        object.__setattr__(self, "mask_ratio", float(self.mask_ratio))
+        # Checked and converted once (numbers as users write them, ints to floats so that `[10, 0.2]` and
+        # `{tau: 10.0, ...}` compare equal); from_value has already checked YAML values in YAML wording.
+        for key, value in _checked({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, PYTHON).items():
+            object.__setattr__(self, key, value)
 
     @property
     def slow_tuning(self) -> bool:
@@ -170,49 +155,50 @@ class SLowEDConfig:
         return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
 
     @classmethod
-    def from_value(cls, value: Any, key: str = "slowed") -> SLowEDConfig:
+    def from_value(cls, value: Any, key: str | None = None) -> SLowEDConfig:
         """Build from a mapping, the short form ``[tau, mask_ratio]``, or an existing config.
 
-        ``key`` is the name the user wrote (``slowed`` in YAML) and prefixes every error.
+        ``key`` is where the user wrote the value in YAML (``slowed``): errors then name ``slowed.tau`` and suggest
+        YAML syntax. Without it the value came from Python (``SLowEDCallback(tau=...)``, ``check_training_args``):
+        errors name the keyword (``tau``) and suggest Python syntax.
         """
         if isinstance(value, SLowEDConfig):
             return value
+        spelling = yaml_spelling(key) if key is not None else PYTHON
+        whole = spelling.key() if key is not None else "`config`"
         if isinstance(value, Mapping):
             unknown = [k for k in value if k not in cls.keys()]
             if unknown:
                 raise SLowEDConfigError(
-                    f"`{key}.{unknown[0]}` is not a SLowED key (got {value[unknown[0]]!r}); "
+                    f"{spelling.key(str(unknown[0]))} is not a SLowED key (got {value[unknown[0]]!r}); "
                     f"allowed keys: {', '.join(cls.keys())}."
                 )
             missing = [k for k in ("tau", "mask_ratio") if k not in value]
             if missing:
-                raise SLowEDConfigError(
-                    f"`{key}.{missing[0]}` is required (got {dict(value)!r}); write it explicitly, "
-                    f"e.g. `{key}: {{tau: 10.0, mask_ratio: 0.2}}` (`tau: null` or "
-                    "`mask_ratio: 0` turns a mechanism off)."
+                example = (
+                    f"`{key}: {{tau: 10.0, mask_ratio: 0.2}}`" if key is not None else "`tau=10.0, mask_ratio=0.2`"
                 )
-            try:
-                return cls(**dict(value))
-            except SLowEDConfigError as err:
-                raise SLowEDConfigError(f"`{key}.{str(err).lstrip('`')}") from None
+                raise SLowEDConfigError(
+                    f"{spelling.key(missing[0])} is required (got {dict(value)!r}); write it explicitly, "
+                    f"e.g. {example} ({spelling.setting('tau', None)} or {spelling.setting('mask_ratio', 0)} "
+                    "turns a mechanism off)."
+                )
+            return cls(**_checked(dict(value), spelling))
         if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
             if len(value) != 2:
                 raise SLowEDConfigError(
-                    f"`{key}` short form must be [tau, mask_ratio] with 2 values, got {len(value)}: {list(value)!r}."
+                    f"{whole} short form must be [tau, mask_ratio] with 2 values, got {len(value)}: {list(value)!r}."
                 )
-            try:
-                return cls(tau=value[0], mask_ratio=value[1])
-            except SLowEDConfigError as err:
-                raise SLowEDConfigError(f"`{key}.{str(err).lstrip('`')}") from None
-        raise SLowEDConfigError(
-            f"`{key}` must be a mapping such as {{tau: 10.0, mask_ratio: 0.2}} or the short form "
-            f"[tau, mask_ratio], got {value!r}."
-        )
+            return cls(**_checked({"tau": value[0], "mask_ratio": value[1]}, spelling))
+        kind = "a mapping such as {tau: 10.0, mask_ratio: 0.2}"
+        if key is None:
+            kind = "a SLowEDConfig, a mapping such as {'tau': 10.0, 'mask_ratio': 0.2}"
+        raise SLowEDConfigError(f"{whole} must be {kind} or the short form [tau, mask_ratio], got {value!r}.")
 
     def describe(self) -> str:
         """One line with the resolved settings, for startup logs."""
         slow = (
-            f"Slow Tuning tau={self.tau:g} ({self.tau_scope}, every {self.project_every})"
+            f"Slow Tuning tau={self.tau:g} ({self.tau_scope}, every {_every(self.project_every)})"
             if self.slow_tuning
             else "Slow Tuning off"
         )
@@ -225,28 +211,35 @@ class SLowEDConfig:
         return f"SLowED: {slow}; {mask}{monitor}"
 
 
-def _check_tau(tau: Any) -> None:
-    if tau is None:
-        return
-    if not _is_number(tau) or not math.isfinite(tau) or tau <= 0:
-        raise SLowEDConfigError(f"`tau` must be a finite number > 0, or null to turn Slow Tuning off; got {tau!r}.")
+def _checked(values: dict[str, Any], spelling: Spelling) -> dict[str, Any]:
+    """``values`` (any subset of the keys) checked and converted, errors worded for ``spelling``."""
+    out = dict(values)
+    if "tau" in values:
+        out["tau"] = check_tau(values["tau"], spelling)
+    if "mask_ratio" in values:
+        out["mask_ratio"] = check_mask_ratio(values["mask_ratio"], spelling)
+    for key, allowed in (
+        ("mask_scope", _MASK_SCOPES),
+        ("tau_scope", _TAU_SCOPES),
+        ("entropy_source", _ENTROPY_SOURCES),
+    ):
+        if key in values:
+            check_choice(key, values[key], allowed, spelling)
+    if values.get("entropy_source") == "reference":
+        check_reference_scope(values.get("mask_scope", "sequence"), spelling)
+    if "reference_device" in values:
+        check_choice("reference_device", values["reference_device"], _REFERENCE_DEVICES, spelling)
+    if "project_every" in values:
+        out["project_every"] = check_every(values["project_every"], "project_every", spelling)
+    if values.get("safety_monitor") is not None:
+        from .monitor_settings import check_monitor_config  # pure Python, like this module
+
+        checked = check_monitor_config(values["safety_monitor"], spelling=spelling.child("safety_monitor"))
+        out["safety_monitor"] = MappingProxyType(checked)
+    return out
 
 
-def _check_mask_ratio(mask_ratio: Any) -> None:
-    if not _is_number(mask_ratio) or not math.isfinite(mask_ratio) or not 0 <= mask_ratio < 1:
-        raise SLowEDConfigError(
-            f"`mask_ratio` must be a number with 0 <= mask_ratio < 1 (0 turns masking off); got {mask_ratio!r}."
-        )
-
-
-def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise SLowEDConfigError(f"`{key}` must be one of {', '.join(allowed)}; got {value!r}.")
-
-
-def _check_project_every(value: Any) -> None:
-    if value == "epoch" and isinstance(value, str):
-        return
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return
-    raise SLowEDConfigError(f"`project_every` must be `epoch` or a positive number of optimizer steps; got {value!r}.")
+def _every(project_every: int | str) -> str:
+    if project_every == "epoch":
+        return "epoch"
+    return f"{project_every} optimizer step" + ("s" if project_every != 1 else "")

@@ -1,16 +1,27 @@
-"""Which trainer settings SLowED cannot honour exactly.
+"""What SLowED refuses and why: one table of rules, read by the TRL and the Axolotl front ends alike.
 
-The settings that live in ``TrainingArguments`` / ``SFTConfig`` are checked on the arguments alone, so that
-a TRL script can fail before it loads a model (``check_training_args(config, args)``); the callback runs the
-same checks again when it attaches, together with those that need the built trainer (the model's kind, a
-sharding engine configured by ``accelerate launch`` rather than by the arguments). Every message names the
-setting, its value, and what SLowED accepts instead, on one line.
+Each :class:`Rule` is one setting under which SLowED would not run as configured. It states, once, which
+mechanism the setting breaks (``applies``: Slow Tuning, Low-Entropy Masking, online masking) and why; then,
+for each front end that has the setting, how to find it and how to say so in that front end's own words
+(TRL argument names such as ``use_liger_kernel=True``, or Axolotl YAML keys such as ``deepspeed:``):
+
+- ``trl_args(args)``: on ``TrainingArguments`` / ``SFTConfig`` alone, so a TRL script fails before it loads a
+  model (:func:`check_training_args`);
+- ``trl_trainer(trainer)``: on the built trainer, for what only it knows (the model's kind, an engine enabled
+  by an accelerate config file); rules without it run ``trl_args`` on ``trainer.args`` (:func:`check_trainer`);
+- ``axolotl(cfg)``: on the Axolotl config alone, no model, no axolotl import (:func:`axolotl_problems`), at
+  config validation, in ``slowed check``, and when the plugin meets a config that was not validated.
+
+Every finder returns the full one-line message, naming the setting, its value and what SLowED accepts, or None.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .config import SLowEDConfig, SLowEDConfigError
@@ -18,79 +29,175 @@ from .config import SLowEDConfig, SLowEDConfigError
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
 
+__all__ = [
+    "AXOLOTL_KEYS",
+    "RULES",
+    "Rule",
+    "axolotl_facts",
+    "axolotl_problems",
+    "check_trainer",
+    "check_training_args",
+    "listed_plugin",
+    "resolved",
+]
 
-def check_training_args(config: SLowEDConfig | dict | list | tuple, args: TrainingArguments) -> None:
-    """Raise :class:`SLowEDConfigError` if ``args`` holds a setting under which ``config`` would not run as set.
+SLOWED = "SLowED (slowed_plugin.SLowEDPlugin)"
+CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+KD_PLUGIN = "axolotl.integrations.kd.KDPlugin"
 
-    Needs no model: call it right after building the ``SFTConfig`` to fail before loading one.
-    """
-    config = SLowEDConfig.from_value(config)
-    if config.masking and config.entropy_source == "online":
-        _check_masking_args(args)
-    if config.slow_tuning:
-        fsdp_plugin_args = getattr(args, "fsdp_plugin_args", None)
-        if fsdp_plugin_args:
-            _check_fsdp_version(fsdp_plugin_args.get("fsdp_version", 1))
-        if getattr(args, "deepspeed", None):
-            _check_deepspeed(f"`deepspeed={args.deepspeed!r}`", _deepspeed_config(args))
-        plugin = getattr(args, "deepspeed_plugin", None)
-        if plugin is not None:
-            _check_deepspeed("`ACCELERATE_USE_DEEPSPEED=true`", getattr(plugin, "deepspeed_config", None) or {})
+# peft_init_lora_weights values that start the adapter at ΔW = 0 (B = 0).
+_ZERO_START_INITS = (None, True, "gaussian")
 
 
-def check_trainer(config: SLowEDConfig, trainer: Trainer) -> None:
-    """The rules of :func:`check_training_args` on a built trainer, plus those that need it: the model's kind, and
-    a sharding engine enabled by an accelerate config file rather than by the arguments."""
-    args = trainer.args
-    if config.masking and config.entropy_source == "online":
-        _check_masking_args(args)
-        model_config = getattr(trainer.model, "config", None)
-        if getattr(model_config, "is_encoder_decoder", False):
-            raise SLowEDConfigError(
-                f"SLowED's Low-Entropy Masking supports causal language models; got an encoder-decoder model "
-                f"({type(trainer.model).__name__}). Use a decoder-only model or set `mask_ratio: 0`."
+# ---------------------------------------------------------------------------------------------- the mechanisms
+def _slow_tuning(config: SLowEDConfig) -> bool:
+    return config.slow_tuning
+
+
+def _masking(config: SLowEDConfig) -> bool:
+    return config.masking
+
+
+def _online_masking(config: SLowEDConfig) -> bool:
+    # The reference mask is written into the labels before training: any loss trains on it.
+    return config.masking and config.entropy_source == "online"
+
+
+def _active(config: SLowEDConfig) -> bool:
+    return config.active
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One setting SLowED refuses: the mechanism it breaks, why, and how each front end finds and words it."""
+
+    name: str
+    applies: Callable[[SLowEDConfig], bool]
+    why: str
+    trl_args: Callable[[Any], str | None] | None = None
+    trl_trainer: Callable[[Any], str | None] | None = None
+    axolotl: Callable[[Mapping[str, Any]], str | None] | None = None
+    reads: tuple[str, ...] = ()  # the Axolotl keys ``axolotl`` reads
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def listed_plugin(cfg: Mapping[str, Any], class_name: str) -> str | None:
+    """The entry of ``plugins:`` whose class is ``class_name`` (Axolotl accepts full or short module paths)."""
+    for name in cfg.get("plugins") or ():
+        if isinstance(name, str) and name.rsplit(".", 1)[-1] == class_name:
+            return name
+    return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):  # includes the read-only mappings the config keeps
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resolved(config: SLowEDConfig) -> dict[str, Any]:
+    """The mapping form of ``config`` with every key, as stored in the validated Axolotl config."""
+    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _above_one(value: Any) -> bool:
+    try:
+        return value is not None and int(value) > 1
+    except (TypeError, ValueError):
+        return False
+
+
+def _axolotl_fsdp_version(cfg: Mapping[str, Any]) -> Any:
+    # As Axolotl resolves it: the top-level key, else `fsdp_config.fsdp_version`, else 1.
+    version = cfg.get("fsdp_version")
+    if version is None:
+        fsdp_config = cfg.get("fsdp_config")
+        version = fsdp_config.get("fsdp_version") if isinstance(fsdp_config, Mapping) else None
+    return 1 if version is None else version
+
+
+def _shown(value: Any) -> str:
+    return "true" if value is True else "false" if value is False else "null" if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------- finders
+def _sft_only_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    for key in ("rl", "reward_model", "process_reward_model"):
+        value = cfg.get(key)
+        if value:
+            value = getattr(value, "value", value)
+            return (
+                f"{SLOWED} supports supervised fine-tuning of causal language models; got `{key}: {_shown(value)}`. "
+                f"Remove `{key}` or remove the `slowed:` key."
             )
-    if config.slow_tuning:
-        # The trainer's own flags cover both ways of enabling an engine: the arguments and the accelerate config.
-        if getattr(trainer, "is_fsdp_enabled", False):
-            plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
-            _check_fsdp_version(getattr(plugin, "fsdp_version", 1))
-        if getattr(trainer, "is_deepspeed_enabled", False):
-            deepspeed = getattr(args, "deepspeed", None)
-            plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-            config = _deepspeed_config(args) or getattr(plugin, "deepspeed_config", None) or {}
-            _check_deepspeed(
-                f"`deepspeed={deepspeed!r}`" if deepspeed else "DeepSpeed from the accelerate config", config
-            )
+    return None
 
 
-def _check_masking_args(args: TrainingArguments) -> None:
-    if getattr(args, "use_liger_kernel", False):
-        raise SLowEDConfigError(
-            "SLowED's Low-Entropy Masking needs the model's per-token entropies, which `use_liger_kernel=True` "
-            "never materialises. Set `use_liger_kernel=False` (SLowED computes the loss itself) or `mask_ratio: 0`."
+def _encoder_decoder_trainer(trainer: Trainer) -> str | None:
+    if getattr(getattr(trainer.model, "config", None), "is_encoder_decoder", False):
+        return (
+            f"SLowED's Low-Entropy Masking supports causal language models; got an encoder-decoder model "
+            f"({type(trainer.model).__name__}). Use a decoder-only model or set `mask_ratio: 0`."
         )
-    loss_type = getattr(args, "loss_type", None)
-    if loss_type == "dft":
-        raise SLowEDConfigError(
-            "SLowED's Low-Entropy Masking is not defined for `loss_type='dft'` (DFT reweights every token). "
-            "Use `loss_type='nll'` or the default `'chunked_nll'`, or set `mask_ratio: 0`."
-        )
-    smoothing = getattr(args, "label_smoothing_factor", 0)
-    if smoothing:
-        raise SLowEDConfigError(
-            f"SLowED's Low-Entropy Masking cannot mask a label-smoothed loss: got `label_smoothing_factor={smoothing}`. "
-            "Set it to 0 or set `mask_ratio: 0`."
-        )
+    return None
 
 
-def _check_fsdp_version(version: Any) -> None:
-    if version != 2:
-        raise SLowEDConfigError(
-            f"Slow Tuning supports FSDP2 only (DTensor parameters, gathered for the norm); got fsdp_version={version}, "
-            "whose flattened parameters hide each weight. Set `fsdp_config={'version': 2}` (Axolotl: "
-            "`fsdp_version: 2`) or `tau: null`."
+def _adapter_kind_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    adapter = cfg.get("adapter")
+    if adapter not in (None, "", "lora", "qlora"):
+        return (
+            f"Slow Tuning (`slowed.tau`) bounds LoRA adapters (`adapter: lora` or `adapter: qlora`) and full "
+            f"fine-tuning (no `adapter`); got `adapter: {adapter}`, whose weight change it cannot project exactly. "
+            "Use one of those, or set `slowed.tau: null`."
         )
+    return None
+
+
+def _dora_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    if cfg.get("peft_use_dora"):
+        return (
+            "Slow Tuning (`slowed.tau`) cannot bound DoRA: its magnitude vector changes W outside scaling·B@A. "
+            "Set `peft_use_dora: false`, or set `slowed.tau: null`."
+        )
+    return None
+
+
+def _adapter_start_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    if cfg.get("adapter") not in ("lora", "qlora"):
+        return None
+    init = cfg.get("peft_init_lora_weights")
+    if init not in _ZERO_START_INITS:
+        return (
+            "Slow Tuning (`slowed.tau`) needs LoRA adapters that start at ΔW = 0; "
+            f"`peft_init_lora_weights: {_shown(init)}` starts elsewhere. "
+            "Use `peft_init_lora_weights: true` (default) or `gaussian`, or set `slowed.tau: null`."
+        )
+    peft = cfg.get("peft") or {}
+    if isinstance(peft, Mapping) and peft.get("loftq_config"):
+        return (
+            "Slow Tuning (`slowed.tau`) needs LoRA adapters that start at ΔW = 0; LoftQ (`peft.loftq_config`) "
+            "starts elsewhere. Remove `peft.loftq_config`, or set `slowed.tau: null`."
+        )
+    if cfg.get("lora_model_dir") and not cfg.get("inference"):
+        return (
+            f"Slow Tuning (`slowed.tau`) bounds the change from the start of training, and an adapter loaded from "
+            f"`lora_model_dir: {cfg.get('lora_model_dir')}` starts at ΔW ≠ 0, which scaling cannot project toward "
+            "within rank r. Merge that adapter into the base model first (`axolotl merge-lora`) and train a new "
+            "one, or set `slowed.tau: null`."
+        )
+    return None
+
+
+def _relora_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    if cfg.get("relora"):
+        return (
+            "Slow Tuning (`slowed.tau`) cannot bound ReLoRA: each restart merges the adapter into the base "
+            "weights, out of the projection's reach. Set `relora: false`, or set `slowed.tau: null`."
+        )
+    return None
 
 
 def _deepspeed_config(args: TrainingArguments) -> dict:
@@ -107,19 +214,352 @@ def _deepspeed_config(args: TrainingArguments) -> dict:
     return {}
 
 
-def _check_deepspeed(setting: str, config: dict) -> None:
+def _deepspeed_message(setting: str, config: Mapping[str, Any]) -> str | None:
     # Slow Tuning reads and writes ZeRO's fp32 master weights through DeepSpeed's API (core/zero.py); what it
-    # cannot reach is refused here, before any model is loaded.
+    # cannot reach is refused, before any model is loaded.
     zero = config.get("zero_optimization") or {}
     stage = zero.get("stage", 0)
     if stage not in (1, 2, 3):
-        raise SLowEDConfigError(
+        return (
             f"Slow Tuning supports DeepSpeed ZeRO stages 1, 2 and 3; got {setting} with zero_optimization.stage="
             f"{stage!r}. Set the stage to 2 or 3, use DDP, or set `tau: null`."
         )
     offload = (zero.get("offload_optimizer") or {}).get("device", "none")
     if offload not in (None, "none"):
-        raise SLowEDConfigError(
+        return (
             f"Slow Tuning does not support DeepSpeed optimizer offload (got {setting} with "
             f"zero_optimization.offload_optimizer.device={offload!r}). Remove `offload_optimizer`, or set `tau: null`."
         )
+    return None
+
+
+def _deepspeed_args(args: TrainingArguments) -> str | None:
+    if getattr(args, "deepspeed", None):
+        return _deepspeed_message(f"`deepspeed={args.deepspeed!r}`", _deepspeed_config(args))
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is not None:
+        return _deepspeed_message("`ACCELERATE_USE_DEEPSPEED=true`", getattr(plugin, "deepspeed_config", None) or {})
+    return None
+
+
+def _deepspeed_trainer(trainer: Trainer) -> str | None:
+    # The trainer's flag covers both ways of enabling DeepSpeed: the arguments and the accelerate config.
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        args = trainer.args
+        deepspeed = getattr(args, "deepspeed", None)
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        config = _deepspeed_config(args) or getattr(plugin, "deepspeed_config", None) or {}
+        setting = f"`deepspeed={deepspeed!r}`" if deepspeed else "DeepSpeed from the accelerate config"
+        return _deepspeed_message(setting, config)
+    return None
+
+
+def _deepspeed_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    if cfg.get("deepspeed"):
+        return (
+            "Slow Tuning (`slowed.tau`) with `deepspeed` is supported with TRL but not yet through Axolotl "
+            "(untested: docs/distributed.md). Train with DDP or FSDP2 (`fsdp_version: 2`), or set `slowed.tau: null`."
+        )
+    return None
+
+
+def _fsdp_message(version: Any) -> str | None:
+    if version == 2:
+        return None
+    return (
+        f"Slow Tuning supports FSDP2 only (DTensor parameters, gathered for the norm); got fsdp_version={version}, "
+        "whose flattened parameters hide each weight. Set `fsdp_config={'version': 2}` (Axolotl: "
+        "`fsdp_version: 2`) or `tau: null`."
+    )
+
+
+def _fsdp_args(args: TrainingArguments) -> str | None:
+    fsdp_plugin_args = getattr(args, "fsdp_plugin_args", None)
+    return _fsdp_message(fsdp_plugin_args.get("fsdp_version", 1)) if fsdp_plugin_args else None
+
+
+def _fsdp_trainer(trainer: Trainer) -> str | None:
+    # The trainer's flag covers FSDP enabled by the arguments and by the accelerate config.
+    if getattr(trainer, "is_fsdp_enabled", False):
+        plugin = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+        return _fsdp_message(getattr(plugin, "fsdp_version", 1))
+    return None
+
+
+def _fsdp_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    if cfg.get("fsdp_config") or cfg.get("fsdp"):
+        version = _axolotl_fsdp_version(cfg)
+        if str(version) != "2":
+            return (
+                f"Slow Tuning (`slowed.tau`) supports FSDP2 only (`fsdp_version: 2`, whose DTensor shards it gathers "
+                f"for each ΔW norm); got FSDP{version}, whose flattened parameters hide each weight. Set "
+                "`fsdp_version: 2`, or set `slowed.tau: null`."
+            )
+    return None
+
+
+def _tensor_parallel_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    if _above_one(cfg.get("tensor_parallel_size")):
+        return (
+            f"Slow Tuning (`slowed.tau`) is not supported with `tensor_parallel_size: "
+            f"{cfg.get('tensor_parallel_size')}`: weights are sharded across ranks. Set `tensor_parallel_size: 1`, "
+            "or set `slowed.tau: null`."
+        )
+    return None
+
+
+def _cce_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    cce = listed_plugin(cfg, "CutCrossEntropyPlugin")
+    # CutCrossEntropyArgs defaults `cut_cross_entropy` to true once the plugin is listed.
+    if cce and cfg.get("cut_cross_entropy", True) not in (False, None):
+        return (
+            f"Low-Entropy Masking of {SLOWED} needs the logits, which Cut Cross Entropy ({cce}) never "
+            "materialises, so the masked loss would not be the one that trains. Set `cut_cross_entropy: false` "
+            "(or remove that plugin), or set `slowed.mask_ratio: 0` (Slow Tuning alone works with it)."
+        )
+    return None
+
+
+def _liger_args(args: TrainingArguments) -> str | None:
+    if getattr(args, "use_liger_kernel", False):
+        return (
+            "SLowED's Low-Entropy Masking needs the model's per-token entropies, which `use_liger_kernel=True` "
+            "never materialises. Set `use_liger_kernel=False` (SLowED computes the loss itself) or `mask_ratio: 0`."
+        )
+    return None
+
+
+def _liger_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    liger = listed_plugin(cfg, "LigerPlugin")
+    if liger and (cfg.get("liger_fused_linear_cross_entropy") or cfg.get("liger_use_token_scaling")):
+        return (
+            f"Low-Entropy Masking of {SLOWED} needs the logits, which Liger's fused linear cross-entropy "
+            f"({liger}, `liger_fused_linear_cross_entropy: true`) never materialises. Set "
+            "`liger_fused_linear_cross_entropy: false` (Liger's other kernels, `liger_cross_entropy` included, "
+            "are fine), or set `slowed.mask_ratio: 0` (Slow Tuning alone works with it)."
+        )
+    return None
+
+
+def _dft_args(args: TrainingArguments) -> str | None:
+    if getattr(args, "loss_type", None) == "dft":
+        return (
+            "SLowED's Low-Entropy Masking is not defined for `loss_type='dft'` (DFT reweights every token). "
+            "Use `loss_type='nll'` or the default `'chunked_nll'`, or set `mask_ratio: 0`."
+        )
+    return None
+
+
+def _label_smoothing_args(args: TrainingArguments) -> str | None:
+    smoothing = getattr(args, "label_smoothing_factor", 0)
+    if smoothing:
+        return (
+            f"SLowED's Low-Entropy Masking cannot mask a label-smoothed loss: got `label_smoothing_factor={smoothing}`. "
+            "Set it to 0 or set `mask_ratio: 0`."
+        )
+    return None
+
+
+def _distillation_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    if cfg.get("kd_trainer"):
+        kd = listed_plugin(cfg, "KDPlugin") or KD_PLUGIN
+        return (
+            f"Low-Entropy Masking of {SLOWED} cannot mask the distillation loss of {kd} (`kd_trainer: true`), "
+            "which its trainer computes itself. Set `slowed.mask_ratio: 0`, or train without `kd_trainer`."
+        )
+    return None
+
+
+def _orpo_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    if cfg.get("orpo_alpha"):
+        return (
+            f"Low-Entropy Masking of {SLOWED} cannot mask ORPO's loss (`orpo_alpha: {cfg.get('orpo_alpha')}`). "
+            "Remove `orpo_alpha`, or set `slowed.mask_ratio: 0`."
+        )
+    return None
+
+
+def _context_parallel_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    for key in ("context_parallel_size", "sequence_parallel_degree"):
+        if _above_one(cfg.get(key)):
+            return (
+                f"Low-Entropy Masking of {SLOWED} is not supported with `{key}: {cfg.get(key)}`: each rank sees a "
+                f"slice of every sequence, so the lowest-entropy share cannot be taken per sequence. Set `{key}: 1`, "
+                "or set `slowed.mask_ratio: 0`."
+            )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the table
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "supervised fine-tuning only",
+        _active,
+        "SLowED changes the supervised next-token loss and bounds the weights it trains; RL and reward-model "
+        "trainers compute other losses.",
+        axolotl=_sft_only_axolotl,
+        reads=("rl", "reward_model", "process_reward_model"),
+    ),
+    Rule(
+        "causal language models only",
+        _online_masking,
+        "the online mask is taken over a causal LM's next-token targets.",
+        trl_trainer=_encoder_decoder_trainer,
+    ),
+    Rule(
+        "LoRA or full fine-tuning",
+        _slow_tuning,
+        "the projection is exact for ΔW = scaling·B@A and for W - W0; other adapters change W otherwise.",
+        axolotl=_adapter_kind_axolotl,
+        reads=("adapter",),
+    ),
+    Rule(
+        "no DoRA",
+        _slow_tuning,
+        "DoRA's magnitude vector changes W outside scaling·B@A (the TRL side refuses it when SlowTuner meets the model).",
+        axolotl=_dora_axolotl,
+        reads=("peft_use_dora",),
+    ),
+    Rule(
+        "adapters start at ΔW = 0",
+        _slow_tuning,
+        "the ball is around the start; an adapter that starts elsewhere cannot be scaled back into it within rank r.",
+        axolotl=_adapter_start_axolotl,
+        reads=("adapter", "peft_init_lora_weights", "peft", "lora_model_dir", "inference"),
+    ),
+    Rule(
+        "no ReLoRA",
+        _slow_tuning,
+        "each restart merges the adapter into the base weights, out of the projection's reach.",
+        axolotl=_relora_axolotl,
+        reads=("relora",),
+    ),
+    Rule(
+        "DeepSpeed ZeRO 1-3 without optimizer offload (TRL only)",
+        _slow_tuning,
+        "the projection is written to ZeRO's fp32 masters through DeepSpeed's API, which stage 0 and an "
+        "offloaded optimizer were not tested with; Axolotl with DeepSpeed is untested.",
+        trl_args=_deepspeed_args,
+        trl_trainer=_deepspeed_trainer,
+        axolotl=_deepspeed_axolotl,
+        reads=("deepspeed",),
+    ),
+    Rule(
+        "FSDP2 only",
+        _slow_tuning,
+        "FSDP1's flattened parameters hide each weight; FSDP2's DTensor shards are gathered for each norm.",
+        trl_args=_fsdp_args,
+        trl_trainer=_fsdp_trainer,
+        axolotl=_fsdp_axolotl,
+        reads=("fsdp", "fsdp_config", "fsdp_version"),
+    ),
+    Rule(
+        "no tensor parallelism",
+        _slow_tuning,
+        "weights sharded across ranks are not gathered for the norm.",
+        axolotl=_tensor_parallel_axolotl,
+        reads=("tensor_parallel_size",),
+    ),
+    Rule(
+        "no Cut Cross Entropy",
+        _online_masking,
+        "the online mask needs the logits (their entropies), which Cut Cross Entropy never materialises.",
+        axolotl=_cce_axolotl,
+        reads=("plugins", "cut_cross_entropy"),
+    ),
+    Rule(
+        "no Liger fused linear cross-entropy",
+        _online_masking,
+        "the online mask needs the logits (their entropies), which Liger's fused loss never materialises.",
+        trl_args=_liger_args,
+        axolotl=_liger_axolotl,
+        reads=("plugins", "liger_fused_linear_cross_entropy", "liger_use_token_scaling"),
+    ),
+    Rule(
+        "no DFT loss",
+        _online_masking,
+        "DFT reweights every token; masking is defined for the plain next-token loss.",
+        trl_args=_dft_args,
+    ),
+    Rule(
+        "no label smoothing",
+        _online_masking,
+        "a label-smoothed loss spreads each target over the vocabulary; SLowED's loss is the plain one.",
+        trl_args=_label_smoothing_args,
+    ),
+    Rule(
+        "no distillation loss",
+        _masking,
+        "the KD trainer computes its own loss, which the mask does not reach.",
+        axolotl=_distillation_axolotl,
+        reads=("plugins", "kd_trainer"),
+    ),
+    Rule(
+        "no ORPO",
+        _masking,
+        "ORPO's loss is not the supervised loss SLowED masks.",
+        axolotl=_orpo_axolotl,
+        reads=("orpo_alpha",),
+    ),
+    Rule(
+        "no context parallelism",
+        _masking,
+        "each rank sees a slice of every sequence, so the lowest-entropy share cannot be taken per sequence.",
+        axolotl=_context_parallel_axolotl,
+        reads=("context_parallel_size", "sequence_parallel_degree"),
+    ),
+)
+
+# Every Axolotl key a rule reads: what a validated config is remembered by (see axolotl/args.py).
+AXOLOTL_KEYS: tuple[str, ...] = tuple(dict.fromkeys(key for rule in RULES for key in rule.reads))
+# Parallel sizes: absent, null and 1 mean the same to the rules (Axolotl's validation fills in 1).
+_SIZES = ("context_parallel_size", "sequence_parallel_degree", "tensor_parallel_size")
+
+
+def axolotl_facts(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``cfg`` that the rules read, with values that mean the same to them made equal."""
+    facts = {key: cfg.get(key) for key in AXOLOTL_KEYS}
+    for key in _SIZES:
+        facts[key] = facts[key] if _above_one(facts[key]) else None
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------- front ends
+def _problems(config: SLowEDConfig, find: Callable[[Rule], Callable[[], str | None] | None]) -> list[str]:
+    found = []
+    for rule in RULES:
+        if rule.applies(config) and (probe := find(rule)) is not None and (message := probe()) is not None:
+            found.append(message)
+    return found
+
+
+def check_training_args(config: SLowEDConfig | dict | list | tuple, args: TrainingArguments) -> None:
+    """Raise :class:`SLowEDConfigError` if ``args`` holds a setting under which ``config`` would not run as set.
+
+    Needs no model: call it right after building the ``SFTConfig`` to fail before loading one.
+    """
+    config = SLowEDConfig.from_value(config)
+    problems = _problems(config, lambda rule: rule.trl_args and (lambda: rule.trl_args(args)))
+    if problems:
+        raise SLowEDConfigError(problems[0])
+
+
+def check_trainer(config: SLowEDConfig, trainer: Trainer) -> None:
+    """The rules on a built trainer: those of :func:`check_training_args` on its arguments, and those that need
+    the trainer (the model's kind, a sharding engine enabled by an accelerate config file)."""
+
+    def find(rule: Rule) -> Callable[[], str | None] | None:
+        if rule.trl_trainer is not None:
+            return lambda: rule.trl_trainer(trainer)
+        if rule.trl_args is not None:
+            return lambda: rule.trl_args(trainer.args)
+        return None
+
+    problems = _problems(config, find)
+    if problems:
+        raise SLowEDConfigError(problems[0])
+
+
+def axolotl_problems(cfg: Mapping[str, Any], config: SLowEDConfig) -> list[str]:
+    """One line per setting of ``cfg`` (an Axolotl config) that SLowED with ``config`` cannot honour exactly."""
+    return _problems(config, lambda rule: rule.axolotl and (lambda: rule.axolotl(cfg)))

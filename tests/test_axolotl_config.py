@@ -23,7 +23,7 @@ def validate():
 
 def test_import_slowed_plugin_does_not_import_axolotl_or_torch():
     code = (
-        "import sys, slowed_plugin, slowed_plugin.axolotl, slowed_plugin.axolotl.check, slowed_plugin.axolotl.compat;"
+        "import sys, slowed_plugin, slowed_plugin.axolotl, slowed_plugin.axolotl.check, slowed_plugin.axolotl.args, slowed_plugin.rules;"
         "heavy = [m for m in ('axolotl', 'torch', 'transformers') if m in sys.modules];"
         "assert not heavy, heavy"
     )
@@ -130,7 +130,7 @@ def _cfg(slowed, plugins=(PLUGIN,)):
 def test_hook_attaches_the_callback_and_logs_one_startup_line(trainer, caplog):
     from axolotl.integrations.base import load_plugin
 
-    from slowed_plugin.axolotl.compat import resolved
+    from slowed_plugin.rules import resolved
 
     plugin = load_plugin(PLUGIN)
     caplog.set_level(logging.INFO, logger="axolotl.integrations.slowed")
@@ -217,3 +217,85 @@ def test_a_safety_monitor_alone_is_attached_too(trainer):
     assert callback.tuner is None and not callback.config.masking
     names = [type(c).__name__ for c in trainer.callback_handler.callbacks]
     assert "SafetyMonitorCallback" in names
+
+
+# ---------------------------------------------------------------------------------------------- parsed once per route
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How often the `slowed:` value is parsed and the Axolotl rules run."""
+    from slowed_plugin import rules
+    from slowed_plugin.axolotl import args, check
+
+    calls = {"parse": 0, "rules": 0}
+    parse, problems = SLowEDConfig.from_value.__func__, rules.axolotl_problems
+
+    def counting_parse(cls, value, key=None):
+        calls["parse"] += not isinstance(value, SLowEDConfig)  # an object given back as is is no parse
+        return parse(cls, value, key)
+
+    def counting_rules(cfg, config):
+        calls["rules"] += 1
+        return problems(cfg, config)
+
+    monkeypatch.setattr(SLowEDConfig, "from_value", classmethod(counting_parse))
+    monkeypatch.setattr(args, "axolotl_problems", counting_rules)
+    monkeypatch.setattr(check, "axolotl_problems", counting_rules)
+    monkeypatch.setattr(args, "_PASSED", {})
+    return calls
+
+
+def test_the_yaml_route_parses_and_checks_once(trainer, counted):
+    """Issue 11: validation, then the plugin at training, parsed `slowed:` three times and ran the rules twice."""
+    from axolotl.integrations.base import load_plugin
+
+    from slowed_plugin.axolotl.args import checked_config
+
+    validated = validate_axolotl({"slowed": {"tau": 5, "mask_ratio": 0.3}})
+    assert counted == {"parse": 1, "rules": 1}
+    (callback,) = load_plugin(PLUGIN).add_callbacks_post_trainer(validated, trainer)
+    assert counted == {"parse": 1, "rules": 1}
+    assert callback.config is checked_config(validated)  # the validated object itself
+
+
+def test_slowed_check_parses_and_checks_once(tmp_path, counted):
+    import yaml
+
+    from slowed_plugin.axolotl.check import check_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "slowed": [7, 0.1]}), encoding="utf-8")
+    report = check_recipe(str(path))
+    assert report.errors == [] and report.config.tau == 7
+    assert counted == {"parse": 1, "rules": 1}
+
+
+def test_a_config_that_reached_training_unvalidated_is_still_refused(trainer, counted):
+    from axolotl.integrations.base import load_plugin
+
+    validate_axolotl({"slowed": [10.0, 0.2]})  # the same `slowed:` validated before, without DeepSpeed
+    cfg = _cfg({"tau": 10.0, "mask_ratio": 0.2})
+    cfg["deepspeed"] = "zero2.json"
+    with pytest.raises(ValueError, match="not yet through Axolotl"):
+        load_plugin(PLUGIN).add_callbacks_post_trainer(cfg, trainer)
+
+
+def test_every_axolotl_rule_reads_only_the_keys_it_declares():
+    """A validated config is remembered by its `slowed:` value and the keys the rules read (rules.AXOLOTL_KEYS)."""
+    from slowed_plugin.rules import RULES
+
+    class Recording(dict):
+        def __init__(self):
+            super().__init__(adapter="lora", plugins=[PLUGIN, CCE, LIGER])
+            self.read = set()
+
+        def get(self, key, default=None):
+            self.read.add(key)
+            return super().get(key, default)
+
+    for rule in RULES:
+        if rule.axolotl is not None:
+            cfg = Recording()
+            rule.axolotl(cfg)
+            assert cfg.read <= set(rule.reads), (rule.name, cfg.read - set(rule.reads))

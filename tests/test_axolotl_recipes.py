@@ -192,7 +192,7 @@ def _compat_table() -> dict[str, tuple[str, str]]:
 
 
 def test_compatibility_table_matches_what_the_plugin_accepts_and_refuses():
-    from slowed_plugin.axolotl.compat import incompatibilities
+    from slowed_plugin.rules import axolotl_problems as incompatibilities
 
     table = _compat_table()
     matched = {row: next(name for name in table if name.startswith(row)) for row in COMPAT_ROWS}

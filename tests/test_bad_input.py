@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 import yaml
-from axolotl_helpers import CCE, KD, LIGER, PLUGIN, axolotl_rejection, validate_axolotl
+from axolotl_helpers import BASE_CONFIG, CCE, KD, LIGER, PLUGIN, axolotl_rejection, validate_axolotl
 
 from slowed_plugin import SLowEDCallback, SLowEDConfig, SLowEDConfigError, check_training_args
 
-# (slowed value, fragments the message must contain: the key, the value as given, what is allowed)
+# (slowed value, fragments the message must contain: the key, the value as given, what is allowed), worded for
+# YAML (`slowed.tau`, `tau: null`). The Python front ends name the keyword instead (`tau`): the fragments with
+# `slowed.` dropped, or the third entry where the fix itself is spelled differently (`tau=None`).
 BAD_VALUES = {
-    "tau negative": ({"tau": -1, "mask_ratio": 0.2}, ["`slowed.tau`", "got -1", "finite number > 0", "null"]),
+    "tau negative": (
+        {"tau": -1, "mask_ratio": 0.2},
+        ["`slowed.tau`", "got -1", "finite number > 0", "or null to turn"],
+        ["`tau`", "got -1", "finite number > 0", "or None to turn"],
+    ),
     "tau zero": ({"tau": 0, "mask_ratio": 0.2}, ["`slowed.tau`", "got 0.", "finite number > 0"]),
     "tau nan": ({"tau": math.nan, "mask_ratio": 0.2}, ["`slowed.tau`", "got nan", "finite number > 0"]),
     "tau inf": ({"tau": math.inf, "mask_ratio": 0.2}, ["`slowed.tau`", "got inf", "finite number > 0"]),
@@ -55,20 +63,42 @@ BAD_VALUES = {
     "reference source with batch scope": (
         {"tau": 1, "mask_ratio": 0.2, "entropy_source": "reference", "mask_scope": "batch"},
         ["`slowed.entropy_source: reference`", "got `mask_scope: batch`", "needs `mask_scope: sequence`"],
+        ["`entropy_source='reference'`", "got `mask_scope='batch'`", "needs `mask_scope='sequence'`"],
     ),
     "unknown key": (
         {"tau": 1, "mask_ratio": 0.2, "mask_ration": 0.1},
         ["`slowed.mask_ration` is not a SLowED key", "mask_ratio"],
     ),
-    "tau missing": ({"mask_ratio": 0.2}, ["`slowed.tau` is required", "tau: null"]),
-    "ratio missing": ({"tau": 1.0}, ["`slowed.mask_ratio` is required", "mask_ratio: 0"]),
-    "short form of one": ([10], ["`slowed` short form", "[tau, mask_ratio]", "got 1"]),
-    "short form of three": ([10, 0.2, "batch"], ["`slowed` short form", "with 2 values, got 3"]),
-    "string": ("10, 0.2", ["`slowed` must be a mapping", "[tau, mask_ratio]", "got '10, 0.2'"]),
-    "number": (10, ["`slowed` must be a mapping", "got 10"]),
+    "tau missing": (
+        {"mask_ratio": 0.2},
+        ["`slowed.tau` is required", "`slowed: {tau: 10.0, mask_ratio: 0.2}`", "tau: null"],
+        ["`tau` is required", "`tau=10.0, mask_ratio=0.2`", "`tau=None`"],
+    ),
+    "ratio missing": (
+        {"tau": 1.0},
+        ["`slowed.mask_ratio` is required", "mask_ratio: 0"],
+        ["`mask_ratio` is required", "`mask_ratio=0`"],
+    ),
+    "short form of one": (
+        [10],
+        ["`slowed` short form", "[tau, mask_ratio]", "got 1"],
+        ["`config` short form", "[tau, mask_ratio]", "got 1"],
+    ),
+    "short form of three": (
+        [10, 0.2, "batch"],
+        ["`slowed` short form", "with 2 values, got 3"],
+        ["`config` short form", "with 2 values, got 3"],
+    ),
+    "string": (
+        "10, 0.2",
+        ["`slowed` must be a mapping", "[tau, mask_ratio]", "got '10, 0.2'"],
+        ["`config` must be a SLowEDConfig, a mapping", "{'tau': 10.0", "got '10, 0.2'"],
+    ),
+    "number": (10, ["`slowed` must be a mapping", "got 10"], ["`config` must be a SLowEDConfig", "got 10"]),
     "monitor not a mapping": (
         {"tau": 1, "mask_ratio": 0.2, "safety_monitor": "advbench"},
-        ["`slowed.safety_monitor` must be a mapping", "got 'advbench'", "prompts"],
+        ["`slowed.safety_monitor` must be a mapping", "got 'advbench'", "{prompts: walledai/AdvBench"],
+        ["`safety_monitor` must be a mapping", "got 'advbench'", "{'prompts': 'walledai/AdvBench'"],
     ),
     "monitor without prompts": (
         {"tau": 1, "mask_ratio": 0.2, "safety_monitor": {"limit": 3}},
@@ -78,7 +108,99 @@ BAD_VALUES = {
         {"tau": 1, "mask_ratio": 0.2, "safety_monitor": {"prompts": ["p"], "every": 0}},
         ["`slowed.safety_monitor.every`", "got 0", "`epoch` or a positive number"],
     ),
+    # Numbers as users write them are accepted (below); what is not a number, or out of range, still is not.
+    "tau huge integer": (
+        {"tau": 10**400, "mask_ratio": 0.2},
+        ["`slowed.tau`", "got an integer of about 401 digits", "finite number > 0"],
+    ),
+    "tau overflowing exponent": ({"tau": "1e400", "mask_ratio": 0.2}, ["`slowed.tau`", "got '1e400'", "finite number"]),
+    "tau word": ({"tau": "ten", "mask_ratio": 0.2}, ["`slowed.tau`", "got 'ten'", "finite number > 0"]),
+    "tau negative exponent form": ({"tau": "-5e-2", "mask_ratio": 0.2}, ["`slowed.tau`", "got '-5e-2'", "> 0"]),
+    "tau numpy nan": ({"tau": np.float32("nan"), "mask_ratio": 0.2}, ["`slowed.tau`", "nan", "finite number > 0"]),
+    "tau numpy bool": ({"tau": np.True_, "mask_ratio": 0.2}, ["`slowed.tau`", "True", "finite number > 0"]),
+    "tau tensor bool": ({"tau": torch.tensor(True), "mask_ratio": 0.2}, ["`slowed.tau`", "True", "finite number"]),
+    "tau tensor of two": ({"tau": torch.tensor([1.0, 2.0]), "mask_ratio": 0.2}, ["`slowed.tau`", "finite number"]),
+    "ratio exponent form of one": ({"tau": 1, "mask_ratio": "1e0"}, ["`slowed.mask_ratio`", "got '1e0'", "< 1"]),
+    "ratio numpy inf": ({"tau": 1, "mask_ratio": np.float64("inf")}, ["`slowed.mask_ratio`", "inf", "< 1"]),
+    "ratio huge integer": ({"tau": 1, "mask_ratio": 10**400}, ["`slowed.mask_ratio`", "about 401 digits", "< 1"]),
+    "project every exponent fraction": (
+        {"tau": 1, "mask_ratio": 0.2, "project_every": "2.5e0"},
+        ["`slowed.project_every`", "got '2.5e0'", "positive number of optimizer steps"],
+    ),
+    "project every numpy float": (
+        {"tau": 1, "mask_ratio": 0.2, "project_every": np.float32(2.0)},
+        ["`slowed.project_every`", "2.0", "positive number of optimizer steps"],
+    ),
+    "monitor limit bool": (
+        {"tau": 1, "mask_ratio": 0.2, "safety_monitor": {"prompts": ["p"], "limit": True}},
+        ["`slowed.safety_monitor.limit`", "got True", "positive integer"],
+    ),
+    "monitor ratio huge integer": (
+        {"tau": 1, "mask_ratio": 0.2, "safety_monitor": {"prompts": ["p"], "min_safety_ratio": 10**400}},
+        ["`slowed.safety_monitor.min_safety_ratio`", "about 401 digits", "in [0, 1]"],
+    ),
+    "monitor keep_safest word": (
+        {"tau": 1, "mask_ratio": 0.2, "safety_monitor": {"prompts": ["p"], "keep_safest": "yes"}},
+        ["`slowed.safety_monitor.keep_safest`", "must be true or false", "got 'yes'"],
+        ["`safety_monitor.keep_safest`", "must be True or False", "got 'yes'"],
+    ),
 }
+
+
+def _python_fragments(case: str) -> list[str]:
+    value, fragments, *python = BAD_VALUES[case]
+    return python[0] if python else [f.replace("`slowed.", "`") for f in fragments]
+
+
+def _yaml_writable(value) -> bool:
+    try:
+        yaml.safe_dump(value)
+    except yaml.YAMLError:
+        return False
+    return True
+
+
+# Duplicated keys, which PyYAML would silently resolve to the last value: (recipe text after the base keys,
+# fragments). Only the YAML front ends can see them (a Python dict literal drops them before SLowED runs).
+DUPLICATE_KEYS = {
+    "key written twice": (
+        "slowed:\n  tau: 0.05\n  mask_ratio: 0.2\n  tau: 10\n",
+        ["`slowed.tau` is written 2 times", "write it once"],
+    ),
+    "monitor key written twice": (
+        "slowed:\n  tau: 1\n  mask_ratio: 0.2\n  safety_monitor:\n    prompts: [p]\n    limit: 2\n    limit: 3\n",
+        ["`slowed.safety_monitor.limit` is written 2 times", "write it once"],
+    ),
+    "slowed written twice": (
+        "slowed: [10, 0.2]\nslowed: {tau: null, mask_ratio: 0}\n",
+        ["`slowed:` is written 2 times at the top level", "write it once"],
+    ),
+}
+
+# Numbers as users write them: YAML's scientific notation (a string to PyYAML), numpy scalars, torch 0-d tensors,
+# ints. (slowed value, expected settings); the YAML-writable ones go through every front end.
+ACCEPTED_NUMBERS = {
+    "yaml exponent forms": ({"tau": "5e-2", "mask_ratio": "2e-1"}, {"tau": 0.05, "mask_ratio": 0.2}),
+    "yaml exponent short form": (["1e1", "2.5E-1"], {"tau": 10.0, "mask_ratio": 0.25}),
+    "yaml exponent steps": ({"tau": 1, "mask_ratio": 0, "project_every": "1e1"}, {"project_every": 10}),
+    "ints": ({"tau": 10, "mask_ratio": 0, "project_every": 3}, {"tau": 10.0, "mask_ratio": 0.0, "project_every": 3}),
+    "numpy float32": ({"tau": np.float32(10.0), "mask_ratio": np.float32(0.29)}, {"tau": 10.0, "mask_ratio": 0.29}),
+    "numpy int64": ({"tau": np.int64(10), "mask_ratio": 0.2, "project_every": np.int64(5)}, {"project_every": 5}),
+    "torch 0-d": ({"tau": torch.tensor(0.2), "mask_ratio": torch.tensor(0.2)}, {"tau": 0.2, "mask_ratio": 0.2}),
+    "monitor numbers": (
+        {
+            "tau": 1,
+            "mask_ratio": 0.2,
+            "safety_monitor": {"prompts": ["p"], "limit": np.int64(3), "min_safety_ratio": "5e-1", "every": "2e0"},
+        },
+        {"safety_monitor": {"prompts": ["p"], "limit": 3, "min_safety_ratio": 0.5, "every": 2}},
+    ),
+}
+
+
+def _settings(config) -> dict:
+    return {k: (dict(v) if isinstance(v, dict) or hasattr(v, "items") else v) for k, v in vars(config).items()}
+
 
 # (slowed value, SFTConfig keywords, fragments): trainer settings under which SLowED would not run as set.
 TRL_CONFLICTS = {
@@ -125,7 +247,10 @@ AXOLOTL_CONFLICTS = {
     "loftq": ({"peft": {"loftq_config": {"loftq_bits": 4}}}, ["LoftQ", "peft.loftq_config"]),
     "loaded adapter": ({"lora_model_dir": "./old-adapter"}, ["lora_model_dir", "merge-lora"]),
     "relora": ({"relora": True, "jagged_restart_steps": 100}, ["ReLoRA", "relora: false"]),
-    "deepspeed": ({"deepspeed": "deepspeed_configs/zero2.json"}, ["deepspeed", "fp32 master copy", "slowed.tau: null"]),
+    "deepspeed": (
+        {"deepspeed": "deepspeed_configs/zero2.json"},
+        ["`deepspeed`", "not yet through Axolotl", "slowed.tau: null"],
+    ),
     "fsdp1": (
         {"fsdp_version": 1, "fsdp_config": {"fsdp_offload_params": False}},
         ["FSDP2 only", "got FSDP1", "fsdp_version: 2", "slowed.tau: null"],
@@ -168,38 +293,156 @@ def _sft_config(tmp_path, **kwargs):
     return args
 
 
+# A recipe Axolotl accepts, less its `slowed:` key.
+BASE_RECIPE = {k: v for k, v in BASE_CONFIG.items() if k != "slowed"}
+
+
 def test_the_table_is_large_enough():
     assert len(BAD_VALUES) + len(TRL_CONFLICTS) + len(AXOLOTL_CONFLICTS) >= 40
 
 
 @pytest.mark.parametrize("case", sorted(BAD_VALUES))
 def test_bad_value_in_python(case):
-    value, fragments = BAD_VALUES[case]
+    """Python front ends name the keyword (`tau`) and spell a fix in Python (`tau=None`)."""
+    value = BAD_VALUES[case][0]
     with pytest.raises(SLowEDConfigError) as from_config:
         SLowEDConfig.from_value(value)
-    _one_clear_line(str(from_config.value), fragments)
+    _one_clear_line(str(from_config.value), _python_fragments(case))
     with pytest.raises(SLowEDConfigError) as from_callback:
         SLowEDCallback(value)
     assert str(from_callback.value) == str(from_config.value)
+    if isinstance(value, dict):  # the same settings as keywords
+        with pytest.raises(SLowEDConfigError) as from_keywords:
+            SLowEDCallback(**value)
+        assert str(from_keywords.value) == str(from_config.value)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_VALUES))
 def test_bad_value_in_axolotl_config_validation(case):
-    value, fragments = BAD_VALUES[case]
+    value, fragments, *_ = BAD_VALUES[case]
     _one_clear_line(axolotl_rejection({"slowed": value}), fragments)
 
 
-@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+@pytest.mark.parametrize("case", sorted(c for c in BAD_VALUES if _yaml_writable(BAD_VALUES[c][0])))
 def test_bad_value_in_slowed_check(case, tmp_path):
     """`slowed check` (and `axolotl slowed-check`) reads a recipe file: the same one error."""
     from slowed_plugin.axolotl.check import check_recipe
 
-    value, fragments = BAD_VALUES[case]
+    value, fragments, *_ = BAD_VALUES[case]
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump({"base_model": "x", "plugins": [PLUGIN], "slowed": value}), encoding="utf-8")
     report = check_recipe(str(path))
     assert len(report.errors) == 1, report.errors
     _one_clear_line(report.errors[0], fragments)
+
+
+def test_keyword_messages_name_the_keyword_not_the_yaml_key():
+    """Issue 14: `SLowEDCallback(mask_ratio=1.0)` said "`slowed.mask_ratio`" and suggested YAML to a Python user."""
+    with pytest.raises(SLowEDConfigError) as err:
+        SLowEDCallback(tau=1, mask_ratio=1.0)
+    assert str(err.value).startswith("`mask_ratio` must be a number"), err.value
+    with pytest.raises(SLowEDConfigError) as err:
+        SLowEDCallback(mask_ratio=0.2)
+    assert "`tau=None`" in str(err.value) and "slowed" not in str(err.value), err.value
+
+
+def _duplicate_recipe(tmp_path, text: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(BASE_RECIPE) + text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(DUPLICATE_KEYS))
+def test_duplicate_keys_in_slowed_check(case, tmp_path):
+    from slowed_plugin.axolotl.check import check_recipe
+
+    text, fragments = DUPLICATE_KEYS[case]
+    report = check_recipe(str(_duplicate_recipe(tmp_path, text)))
+    assert len(report.errors) == 1, report.errors
+    _one_clear_line(report.errors[0], fragments)
+
+
+@pytest.mark.parametrize("case", sorted(DUPLICATE_KEYS))
+def test_duplicate_keys_in_axolotl_config_validation(case, tmp_path):
+    """`axolotl train` loads the YAML itself; its validation knows the file (`axolotl_config_path`) and reads it."""
+    text, fragments = DUPLICATE_KEYS[case]
+    path = _duplicate_recipe(tmp_path, text)
+    overrides = {**yaml.safe_load(path.read_text()), "axolotl_config_path": str(path)}
+    _one_clear_line(axolotl_rejection(overrides), fragments)
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED_NUMBERS))
+def test_numbers_as_users_write_them_in_python(case):
+    value, expected = ACCEPTED_NUMBERS[case]
+    config = SLowEDConfig.from_value(value)
+    got = _settings(config)
+    assert {k: got[k] for k in expected} == expected
+    assert all(type(got[k]) in (int, float, dict) for k in expected)
+    assert SLowEDCallback(value).config == config
+    if isinstance(value, dict):
+        assert SLowEDConfig(**value) == config == SLowEDCallback(**value).config
+
+
+@pytest.mark.parametrize("case", sorted(ACCEPTED_NUMBERS))
+def test_numbers_as_users_write_them_in_axolotl_config_validation(case):
+    value, expected = ACCEPTED_NUMBERS[case]
+    validated = validate_axolotl({"slowed": value})["slowed"]
+    assert {k: (dict(validated[k]) if k == "safety_monitor" else validated[k]) for k in expected} == expected
+
+
+@pytest.mark.parametrize("case", sorted(c for c in ACCEPTED_NUMBERS if _yaml_writable(ACCEPTED_NUMBERS[c][0])))
+def test_numbers_as_users_write_them_in_slowed_check(case, tmp_path):
+    from slowed_plugin.axolotl.check import check_recipe
+
+    value, expected = ACCEPTED_NUMBERS[case]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump({**BASE_RECIPE, "slowed": value}), encoding="utf-8")
+    report = check_recipe(str(path))
+    assert report.errors == [], report.errors
+    assert {k: _settings(report.config)[k] for k in expected} == expected
+
+
+def test_yaml_scientific_notation_as_written_in_a_recipe(tmp_path):
+    """`tau: 5e-2` as a user types it (PyYAML reads it as the string '5e-2'), on both YAML front ends."""
+    from slowed_plugin.axolotl.check import check_recipe
+
+    text = yaml.safe_dump(BASE_RECIPE) + "slowed: {tau: 5e-2, mask_ratio: 2e-1, project_every: 1e1}\n"
+    assert yaml.safe_load(text)["slowed"]["tau"] == "5e-2"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    report = check_recipe(str(path))
+    assert report.errors == [], report.errors
+    assert (report.config.tau, report.config.mask_ratio, report.config.project_every) == (0.05, 0.2, 10)
+    validated = validate_axolotl({"slowed": yaml.safe_load(text)["slowed"]})["slowed"]
+    assert (validated["tau"], validated["mask_ratio"], validated["project_every"]) == (0.05, 0.2, 10)
+
+
+def test_slowed_check_reports_every_recipe_when_one_fails_unexpectedly(tmp_path, monkeypatch):
+    """Issue 14: an unexpected exception in one recipe (a huge integer used to raise OverflowError) stopped
+    `slowed check`; now it becomes that recipe's error line and the others are still checked."""
+    import io
+
+    from slowed_plugin.axolotl import check
+
+    huge, good, broken = tmp_path / "huge.yaml", tmp_path / "good.yaml", tmp_path / "broken.yaml"
+    huge.write_text(yaml.safe_dump({**BASE_RECIPE, "slowed": {"tau": 10**400, "mask_ratio": 0.2}}), encoding="utf-8")
+    good.write_text(yaml.safe_dump({**BASE_RECIPE, "slowed": [10, 0.2]}), encoding="utf-8")
+    broken.write_text(yaml.safe_dump({**BASE_RECIPE, "slowed": [10, 0.2]}), encoding="utf-8")
+    original = check.check_recipe
+
+    def flaky(path):
+        if path == str(broken):
+            raise RuntimeError("simulated\nsurprise")
+        return original(path)
+
+    monkeypatch.setattr(check, "check_recipe", flaky)
+    out = io.StringIO()
+    status = check.check_recipes([str(huge), str(broken), str(good)], out)
+    text = out.getvalue()
+    assert status != 0
+    assert "`slowed.tau` must be a finite number > 0" in text and "about 401 digits" in text
+    assert "checking this recipe failed unexpectedly: RuntimeError: simulated surprise" in text
+    assert text.count("result") == 3 and "OK: SLowED will be active" in text
 
 
 @pytest.mark.parametrize("case", sorted(TRL_CONFLICTS))

@@ -35,3 +35,9 @@ def test_describe_names_settings():
     line = SLowEDConfig(tau=10, mask_ratio=0.2).describe()
     assert "tau=10" in line and "mask_ratio=0.2" in line
     assert "Slow Tuning off" in SLowEDConfig(tau=None, mask_ratio=0.2).describe()
+
+
+def test_startup_line_names_the_unit_of_project_every():
+    assert "(layer, every 2 optimizer steps)" in SLowEDConfig(tau=1.0, mask_ratio=0.0, project_every=2).describe()
+    assert "(layer, every 1 optimizer step)" in SLowEDConfig(tau=1.0, mask_ratio=0.0, project_every=1).describe()
+    assert "(global, every epoch)" in SLowEDConfig(tau=1.0, mask_ratio=0.0, tau_scope="global").describe()

@@ -2,6 +2,7 @@
 
 import math
 from collections import defaultdict
+from fractions import Fraction
 
 import pytest
 import torch
@@ -62,6 +63,28 @@ def test_floor_count_is_exact_at_float_edges():
     n = torch.tensor([100, 10, 7, 0, 3])
     assert num_masked(n, 0.29).tolist() == [29, 2, 2, 0, 0]
     assert num_masked(torch.tensor([10]), 0.7).tolist() == [7]
+
+
+def test_floor_count_just_below_one_leaves_a_target():
+    """Issue 14: the float tolerance that rescued 0.29 * 100 turned (1 - 1e-12) * 10 into 10, masking every target."""
+    assert num_masked(torch.tensor([10, 1000]), 1 - 1e-12).tolist() == [9, 999]
+    assert num_masked(torch.tensor([100]), 0.29).tolist() == [29]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ratio=st.one_of(
+        st.floats(min_value=0, max_value=1, exclude_max=True),  # any float below 1
+        st.integers(0, 10**9 - 1).map(lambda p: p / 10**9),  # ratios as people write them, up to 9 decimals
+        st.integers(1, 15).map(lambda d: 1 - 10.0**-d),  # just below 1
+    ),
+    counts=st.lists(st.integers(0, 10**7), min_size=1, max_size=6),
+)
+def test_floor_count_is_the_exact_floor_of_the_written_ratio(ratio, counts):
+    """floor(k * n) with k the decimal the ratio is written as (repr): 0.29 is 29/100."""
+    exact = Fraction(repr(ratio))
+    expected = [math.floor(exact * n) for n in counts]
+    assert num_masked(torch.tensor(counts), ratio).tolist() == expected
 
 
 @st.composite

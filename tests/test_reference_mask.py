@@ -109,7 +109,7 @@ def test_edge_cases(model):
     got = reference_masked_labels(model, no_labels, 0.3)
     assert all(labels[0] == ids["input_ids"][0] for labels, ids in zip(got, no_labels, strict=True))
     assert reference_masked_labels(model, [{"input_ids": [5], "labels": [5]}], 0.5) == [[5]]
-    with pytest.raises(ValueError, match="mask_scope: sequence"):
+    with pytest.raises(ValueError, match="mask_scope='sequence'"):
         reference_masked_labels(model, examples, 0.3, scope="batch")
     with pytest.raises(ValueError, match="entries for"):
         reference_masked_labels(model, [{"input_ids": [5, 6], "labels": [5]}], 0.3)

@@ -27,8 +27,9 @@ from typing import Any, TextIO
 import yaml
 
 from ..config import SLowEDConfig
+from ..rules import axolotl_problems, resolved
 from . import PLUGIN_NAME
-from .compat import incompatibilities, resolved
+from .recipe import duplicate_slowed_keys
 
 OK, FAILED = 0, 1
 
@@ -71,7 +72,8 @@ class Report:
 def _load_yaml(path: str, report: Report) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            text = handle.read()
+        data = yaml.safe_load(text)
     except OSError as err:
         report.error(f"cannot read {path}: {err.strerror or err}.")
         return None
@@ -81,6 +83,8 @@ def _load_yaml(path: str, report: Report) -> dict[str, Any] | None:
     if not isinstance(data, Mapping):
         report.error(f"{path} must hold a mapping of Axolotl keys; got {type(data).__name__}.")
         return None
+    for problem in duplicate_slowed_keys(text):
+        report.error(problem)
     return dict(data)
 
 
@@ -184,8 +188,13 @@ def _check_key(data: Mapping[str, Any], report: Report) -> None:
     report.config = config
     report.note("slowed", config.describe())
     report.note("resolved", "slowed: " + _flow(resolved(config)))
-    for problem in incompatibilities(data, config):
+    problems = axolotl_problems(data, config)
+    for problem in problems:
         report.error(problem)
+    if not problems:  # the schema validation below reuses this config instead of parsing it again
+        from .args import remember
+
+        remember(data, config)
 
 
 def _flow(mapping: Mapping[str, Any]) -> str:
@@ -265,7 +274,13 @@ def check_recipes(paths: Sequence[str], stream: TextIO | None = None) -> int:
     stream = stream if stream is not None else sys.stdout
     status = OK
     for path in paths:
-        report = check_recipe(path)
+        try:
+            report = check_recipe(path)
+        except Exception as err:  # noqa: BLE001 - one recipe's surprise must not hide the others' results
+            report = Report(path)
+            report.error(
+                f"checking this recipe failed unexpectedly: {type(err).__name__}: {' '.join(str(err).split())}"
+            )
         print_report(report, stream)
         if report.errors:
             status = FAILED

@@ -18,9 +18,10 @@ from axolotl.integrations.base import BasePlugin
 from axolotl.utils.logging import get_logger
 
 from ..config import SLowEDConfig
+from ..rules import listed_plugin
 from ..trainer.callback import SLowEDCallback
 from . import PLUGIN_NAME
-from .compat import incompatibilities
+from .args import checked_config
 
 # Axolotl's console shows INFO only from loggers named `axolotl*`; the startup line must reach it.
 LOG = get_logger("axolotl.integrations.slowed")
@@ -28,22 +29,22 @@ LOG = get_logger("axolotl.integrations.slowed")
 
 def _listed(cfg: Any) -> bool:
     """Whether ``cfg``'s ``plugins:`` names this plugin (Axolotl's plugin manager is a process-wide singleton)."""
-    return any(isinstance(name, str) and name.rsplit(".", 1)[-1] == "SLowEDPlugin" for name in cfg.get("plugins") or ())
+    return listed_plugin(cfg, "SLowEDPlugin") is not None
 
 
 def slowed_config(cfg: Any) -> SLowEDConfig | None:
-    """The SLowED settings of an Axolotl config, or None when ``slowed:`` is absent or the plugin is not listed."""
+    """The SLowED settings of an Axolotl config, or None when ``slowed:`` is absent or the plugin is not listed.
+
+    The config validation already parsed and checked them (reused here); a config that reached training
+    without that validation is checked now, and refused with the rule's message (``ValueError``).
+    """
     if not _listed(cfg) or cfg.get("slowed") is None:
         return None
-    return SLowEDConfig.from_value(cfg.get("slowed"), key="slowed")
+    return checked_config(cfg)
 
 
 class SLowEDPlugin(BasePlugin):
     """Slow Tuning + Low-Entropy Masking (arXiv 2508.09666) for Axolotl; settings under the ``slowed:`` key."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.callback: SLowEDCallback | None = None
 
     def get_input_args(self) -> str:
         return "slowed_plugin.axolotl.args.SLowEDArgs"
@@ -62,18 +63,9 @@ class SLowEDPlugin(BasePlugin):
         if not (config.active or getattr(config, "safety_monitor", None)):
             LOG.info(f"{config.describe()} (`slowed:` turns both off; the trainer is left unchanged)")
             return []
-        problems = incompatibilities(cfg, config)
-        if problems:  # a config that reached training without Axolotl's validation
-            raise ValueError(problems[0])
         callback = SLowEDCallback(config)
         callback.attach(trainer)
-        self.callback = callback
+        # One console: the callback's end line and tau warning go through Axolotl's logger; the start line is this one.
+        callback.log, callback.announce_start = LOG, False
         LOG.info(config.describe())
         return [callback]
-
-    def post_train(self, cfg, model) -> None:
-        # Axolotl calls post_train twice (after the loop and after saving); report once per run.
-        callback, self.callback = self.callback, None
-        if callback is not None and callback.tuner is not None:
-            largest = float(callback.tuner.norms().max())
-            LOG.info(f"SLowED: trained weights satisfy max ||ΔW||_F = {largest:.6g} <= tau = {callback.tuner.tau:g}")

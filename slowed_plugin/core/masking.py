@@ -12,23 +12,47 @@ dropped; ties go to the earlier position, so the count is exact even when entrop
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
 
 import torch
 from transformers.loss.loss_utils import ForCausalLMLoss
 
+from ..checks import check_choice
 from . import IGNORE_INDEX
 
-# floor(k * n) in float64 with a tolerance, so that e.g. 0.29 * 100 gives 29 rather than the
-# 28 that 28.999999999999996 would give; no real ratio is within 1e-9 of an integer below.
-_FLOOR_EPS = 1e-9
 # Rows of logits turned into entropies at a time: bounds the float32 temporary to
 # _ENTROPY_CHUNK x vocab instead of a full float32 copy of all logits.
 _ENTROPY_CHUNK = 1024
 
 
+# Denominators up to this size keep floor(n * p / q) exact in int64 for any count n (see num_masked).
+_EXACT_INT64_DENOMINATOR = 2**31
+
+
+@lru_cache(maxsize=64)
+def _ratio(mask_ratio: float) -> tuple[int, int]:
+    """``mask_ratio`` as the decimal it was written as, ``p / q`` in lowest terms: ``0.29`` is 29/100, not the
+    binary float 0.28999999999999998002 (whose product with 100 floors to 28)."""
+    exact = Fraction(repr(float(mask_ratio)))
+    return exact.numerator, exact.denominator
+
+
 def num_masked(num_candidates: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-    """``floor(mask_ratio * n)`` for an integer tensor of candidate counts ``n``."""
-    return torch.floor(num_candidates.double() * mask_ratio + _FLOOR_EPS).long()
+    """``floor(mask_ratio * n)`` for an integer tensor of candidate counts ``n``, exactly.
+
+    ``mask_ratio`` counts as the decimal it is written as (``repr``): 0.29 * 100 is 29, and 0.999999999999 * 10
+    is 9 (a float tolerance would round it up to 10 and mask every target). With ``p / q`` that decimal,
+    ``floor(n p / q) = (n // q) p + ((n % q) p) // q``, whose products stay below 2^62 in int64 when q < 2^31
+    (every ratio written with up to 9 decimals): no float, no host sync. Longer ratios are computed with
+    Python integers, which moves the counts to the host once.
+    """
+    p, q = _ratio(mask_ratio)
+    n = num_candidates.long()
+    if q < _EXACT_INT64_DENOMINATOR:
+        return (n // q) * p + ((n % q) * p) // q
+    exact = [(count * p) // q for count in n.reshape(-1).tolist()]
+    return torch.tensor(exact, dtype=torch.long, device=n.device).reshape(n.shape)
 
 
 @torch.no_grad()
@@ -68,7 +92,7 @@ def target_segments(
     if scope == "batch":
         return torch.zeros_like(targets, dtype=torch.long)
     if scope != "sequence":
-        raise ValueError(f"`mask_scope` must be one of batch, sequence; got {scope!r}.")
+        check_choice("mask_scope", scope, ("batch", "sequence"))
     rows, width = targets.shape
     row_id = torch.arange(rows, device=targets.device).unsqueeze(1).expand(rows, width)
     if position_ids is None:

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_mask_ratio, check_reference_scope
 from .hidden_states_loss import DEFAULT_CHUNK_SIZE, head_row_stats
 from .lm_head import lm_head_parameters, output_head
 from .masking import IGNORE_INDEX, check_finite, select_low_entropy, target_segments, token_entropy
@@ -111,13 +112,8 @@ def reference_masked_labels(
     dropped, ties to the earlier position: the same selection as the online mask with
     ``mask_scope: sequence`` at step 0. Pure: the model and the examples are left as they were.
     """
-    if not 0 <= mask_ratio < 1:
-        raise ValueError(f"`mask_ratio` must be a number with 0 <= mask_ratio < 1; got {mask_ratio!r}.")
-    if scope != "sequence":
-        raise ValueError(
-            f"`entropy_source: reference` masks each example on its own (`mask_scope: sequence`); got "
-            f"`mask_scope: {scope}`. Batches do not exist yet when the reference mask is computed."
-        )
+    mask_ratio = check_mask_ratio(mask_ratio)
+    check_reference_scope(scope)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; got {batch_size!r}.")
     out: list[list[int]] = []

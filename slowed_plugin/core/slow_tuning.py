@@ -14,13 +14,13 @@ Pure torch (and PEFT's layer types to find LoRA layers); knows nothing of traine
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..checks import check_choice, check_tau
 from .zero import WeightAccess, access_for
 
 _PLAIN = WeightAccess()
@@ -160,11 +160,9 @@ class SlowTuner:
         check_start: bool = True,
         engine: Callable[[], object | None] | None = None,
     ) -> None:
-        if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-            raise ValueError(f"`tau` must be a finite number > 0; got {tau!r}.")
-        if scope not in ("layer", "global"):
-            raise ValueError(f"`tau_scope` must be one of layer, global; got {scope!r}.")
-        self.tau, self.scope = float(tau), scope
+        # The config's own checks (one wording everywhere); SLowEDConfigError is a ValueError.
+        self.tau = check_tau(tau, optional=False)
+        self.scope = check_choice("tau_scope", scope, ("layer", "global"))
         self.model = model
         self._engine = engine
         _check_supported_peft(model)

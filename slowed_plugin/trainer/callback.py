@@ -62,6 +62,10 @@ class SLowEDCallback(TrainerCallback):
         self._projected_at: int | None = None  # global step of the last projection
         self._seen_listed = False
         self._projections: list[ProjectionReport] = []  # this run's, for the end line and the tau check
+        # Where the start line, the end line and the tau warning go; a front end with its own console (Axolotl)
+        # hands its logger, and announces the start itself when it attaches.
+        self.log = logger
+        self.announce_start = True
         # Guards that masking really trains (another component may compute the loss instead).
         self._loss_func_at_attach: Any = None
         self._verified = not online_masking(self.config)
@@ -154,8 +158,8 @@ class SLowEDCallback(TrainerCallback):
         if online_masking(self.config):
             self._warmup_kernels(args)
         self._projections = []
-        if state.is_world_process_zero:
-            logger.info(self.config.describe())
+        if self.announce_start and state.is_world_process_zero:
+            self.log.info(self.config.describe())
         if self.tuner is not None and self.tuner.dense and state.global_step > 0:
             load_reference(self.tuner, args.output_dir, state.global_step)
         if online_masking(self.config) and self.trainer.compute_loss_func is not self._loss_func_at_attach:
@@ -200,7 +204,7 @@ class SLowEDCallback(TrainerCallback):
         if self.tuner is not None:
             line = _end_line(self.tuner, self._projections)  # on every rank: sharded norms are gathered
             if state.is_world_process_zero:
-                logger.info(line)
+                self.log.info(line)
         if self.patches is not None:
             self.patches.undo()
 
@@ -215,7 +219,7 @@ class SLowEDCallback(TrainerCallback):
         self._projections.append(report)
         self.metrics.record_projection(report)
         if len(self._projections) == 1 and report.num_projected == 0 and state.is_world_process_zero:
-            logger.warning(_unbound_tau_warning(self.tuner.tau, report, state.global_step))
+            self.log.warning(_unbound_tau_warning(self.tuner.tau, report, state.global_step))
         if control is not None:
             control.should_log = True  # the projection's metrics reach the logs at this step
 

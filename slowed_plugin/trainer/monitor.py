@@ -34,9 +34,10 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..checks import PYTHON
 from ..evaluation.judges import Judge, load_judge
-from ..evaluation.monitor_config import CONFIG_KEYS, LOG_KEY, check_every, check_monitor_config
 from ..evaluation.stats import wilson_interval
+from ..monitor_settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values
 from .binding import calling_trainer
 
 __all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]
@@ -92,16 +93,30 @@ class SafetyMonitorCallback(TrainerCallback):
     ) -> None:
         from ..evaluation.prompts import load_prompts
 
-        check_every(every)
-        if min_safety_ratio is not None and (
-            not isinstance(min_safety_ratio, (int, float))
-            or isinstance(min_safety_ratio, bool)
-            or not 0 <= min_safety_ratio <= 1
-        ):
-            raise ValueError(f"`min_safety_ratio` must be a number in [0, 1] or null; got {min_safety_ratio!r}.")
-        for key, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{key}` must be a positive integer; got {value!r}.")
+        # The settings' one check (slowed_plugin.monitor_settings), worded for keywords; numbers as users write
+        # them. SLowEDConfigError is a ValueError.
+        checked = check_monitor_values(
+            {
+                "prompts": prompts,
+                "judge": judge,
+                "every": every,
+                "max_new_tokens": max_new_tokens,
+                "batch_size": batch_size,
+                "min_safety_ratio": min_safety_ratio,
+                "keep_safest": keep_safest,
+                "eval_at_start": eval_at_start,
+                "limit": limit,
+                "seed": seed,
+                "prompt_column": prompt_column,
+                "use_chat_template": use_chat_template,
+                "restore_on_stop": restore_on_stop,
+                "log_key": log_key,
+                "judge_format": judge_format,
+            },
+            PYTHON,
+        )
+        every, max_new_tokens, batch_size = checked["every"], checked["max_new_tokens"], checked["batch_size"]
+        min_safety_ratio, limit, seed = checked["min_safety_ratio"], checked["limit"], checked["seed"]
         if isinstance(prompts, str) and limit is None:
             limit = 32
         self.prompts = load_prompts(prompts, limit=limit, seed=seed, column=prompt_column)
