@@ -18,6 +18,8 @@ Every finder returns the full one-line message, naming the setting, its value an
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -198,35 +200,65 @@ def _relora_axolotl(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _deepspeed_message(setting: str) -> str:
-    return (
-        f"Slow Tuning does not support DeepSpeed (got {setting}): ZeRO keeps fp32 master weights that "
-        "overwrite the projected ones after every step. Use DDP or FSDP2, or set `tau: null`."
-    )
+def _deepspeed_config(args: TrainingArguments) -> dict:
+    """The DeepSpeed config dict of ``args`` (transformers parses the file into ``hf_deepspeed_config``)."""
+    parsed = getattr(args, "hf_deepspeed_config", None)
+    if parsed is not None and isinstance(getattr(parsed, "config", None), dict):
+        return parsed.config
+    value = getattr(args, "deepspeed", None)
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and os.path.isfile(value):
+        with open(value) as f:
+            return json.load(f)
+    return {}
+
+
+def _deepspeed_message(setting: str, config: Mapping[str, Any]) -> str | None:
+    # Slow Tuning reads and writes ZeRO's fp32 master weights through DeepSpeed's API (core/zero.py); what it
+    # cannot reach is refused, before any model is loaded.
+    zero = config.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    if stage not in (1, 2, 3):
+        return (
+            f"Slow Tuning supports DeepSpeed ZeRO stages 1, 2 and 3; got {setting} with zero_optimization.stage="
+            f"{stage!r}. Set the stage to 2 or 3, use DDP, or set `tau: null`."
+        )
+    offload = (zero.get("offload_optimizer") or {}).get("device", "none")
+    if offload not in (None, "none"):
+        return (
+            f"Slow Tuning does not support DeepSpeed optimizer offload (got {setting} with "
+            f"zero_optimization.offload_optimizer.device={offload!r}). Remove `offload_optimizer`, or set `tau: null`."
+        )
+    return None
 
 
 def _deepspeed_args(args: TrainingArguments) -> str | None:
     if getattr(args, "deepspeed", None):
-        return _deepspeed_message(f"`deepspeed={args.deepspeed!r}`")
-    if getattr(args, "deepspeed_plugin", None) is not None:
-        return _deepspeed_message("`ACCELERATE_USE_DEEPSPEED=true`")
+        return _deepspeed_message(f"`deepspeed={args.deepspeed!r}`", _deepspeed_config(args))
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is not None:
+        return _deepspeed_message("`ACCELERATE_USE_DEEPSPEED=true`", getattr(plugin, "deepspeed_config", None) or {})
     return None
 
 
 def _deepspeed_trainer(trainer: Trainer) -> str | None:
     # The trainer's flag covers both ways of enabling DeepSpeed: the arguments and the accelerate config.
     if getattr(trainer, "is_deepspeed_enabled", False):
-        deepspeed = getattr(trainer.args, "deepspeed", None)
-        return _deepspeed_message(f"`deepspeed={deepspeed!r}`" if deepspeed else "DeepSpeed from the accelerate config")
+        args = trainer.args
+        deepspeed = getattr(args, "deepspeed", None)
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        config = _deepspeed_config(args) or getattr(plugin, "deepspeed_config", None) or {}
+        setting = f"`deepspeed={deepspeed!r}`" if deepspeed else "DeepSpeed from the accelerate config"
+        return _deepspeed_message(setting, config)
     return None
 
 
 def _deepspeed_axolotl(cfg: Mapping[str, Any]) -> str | None:
     if cfg.get("deepspeed"):
         return (
-            "Slow Tuning (`slowed.tau`) is not supported with `deepspeed`: every ZeRO stage steps its own fp32 "
-            "master copy of the weights and copies it back over the model's after each step, which undoes an "
-            "in-place projection. Train with DDP or FSDP2 (`fsdp_version: 2`), or set `slowed.tau: null`."
+            "Slow Tuning (`slowed.tau`) with `deepspeed` is supported with TRL but not yet through Axolotl "
+            "(untested: docs/distributed.md). Train with DDP or FSDP2 (`fsdp_version: 2`), or set `slowed.tau: null`."
         )
     return None
 
@@ -403,10 +435,10 @@ RULES: tuple[Rule, ...] = (
         reads=("relora",),
     ),
     Rule(
-        "no DeepSpeed",
+        "DeepSpeed ZeRO 1-3 without optimizer offload (TRL only)",
         _slow_tuning,
-        "every ZeRO stage copies its fp32 master weights back over the model's after each step, undoing an "
-        "in-place projection.",
+        "the projection is written to ZeRO's fp32 masters through DeepSpeed's API, which stage 0 and an "
+        "offloaded optimizer were not tested with; Axolotl with DeepSpeed is untested.",
         trl_args=_deepspeed_args,
         trl_trainer=_deepspeed_trainer,
         axolotl=_deepspeed_axolotl,

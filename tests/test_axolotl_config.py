@@ -279,7 +279,7 @@ def test_a_config_that_reached_training_unvalidated_is_still_refused(trainer, co
     validate_axolotl({"slowed": [10.0, 0.2]})  # the same `slowed:` validated before, without DeepSpeed
     cfg = _cfg({"tau": 10.0, "mask_ratio": 0.2})
     cfg["deepspeed"] = "zero2.json"
-    with pytest.raises(ValueError, match="not supported with `deepspeed`"):
+    with pytest.raises(ValueError, match="not yet through Axolotl"):
         load_plugin(PLUGIN).add_callbacks_post_trainer(cfg, trainer)
 
 

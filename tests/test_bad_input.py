@@ -216,11 +216,16 @@ TRL_CONFLICTS = {
         {"fsdp": "full_shard", "fsdp_config": {"version": 1}},
         ["fsdp_version=1", "FSDP2 only", "`fsdp_config={'version': 2}`", "`tau: null`"],
     ),
-    # SFTConfig(deepspeed=...) needs deepspeed installed; the rule reads the same field.
-    "deepspeed": (
+    # The rule reads the same field SFTConfig(deepspeed=...) fills (set after construction: no engine starts).
+    "deepspeed stage 0": (
         [10, 0],
-        {"deepspeed": "ds_zero2.json"},
-        ["`deepspeed='ds_zero2.json'`", "DDP or FSDP2", "tau: null"],
+        {"deepspeed": {"zero_optimization": {"stage": 0}}},
+        ["zero_optimization.stage=0", "stages 1, 2 and 3", "`tau: null`"],
+    ),
+    "deepspeed optimizer offload": (
+        [10, 0],
+        {"deepspeed": {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}},
+        ["offload_optimizer.device='cpu'", "Remove `offload_optimizer`", "`tau: null`"],
     ),
 }
 
@@ -229,6 +234,8 @@ TRL_ACCEPTED = {
     "liger with the reference mask": ({"tau": 10, "mask_ratio": 0.2, "entropy_source": "reference"}, {}),
     "fsdp2": ([10, 0.2], {"fsdp": "full_shard", "fsdp_config": {"version": 2}}),
     "deepspeed without slow tuning": ([None, 0.2], {"deepspeed": "ds_zero2.json"}),
+    "deepspeed zero2": ([10, 0.2], {"deepspeed": {"zero_optimization": {"stage": 2}}}),
+    "deepspeed zero3": ([10, 0.2], {"deepspeed": {"zero_optimization": {"stage": 3}}}),
     "label smoothing without masking": ([10, 0], {"label_smoothing_factor": 0.1}),
 }
 
@@ -240,7 +247,10 @@ AXOLOTL_CONFLICTS = {
     "loftq": ({"peft": {"loftq_config": {"loftq_bits": 4}}}, ["LoftQ", "peft.loftq_config"]),
     "loaded adapter": ({"lora_model_dir": "./old-adapter"}, ["lora_model_dir", "merge-lora"]),
     "relora": ({"relora": True, "jagged_restart_steps": 100}, ["ReLoRA", "relora: false"]),
-    "deepspeed": ({"deepspeed": "deepspeed_configs/zero2.json"}, ["deepspeed", "fp32 master copy", "slowed.tau: null"]),
+    "deepspeed": (
+        {"deepspeed": "deepspeed_configs/zero2.json"},
+        ["`deepspeed`", "not yet through Axolotl", "slowed.tau: null"],
+    ),
     "fsdp1": (
         {"fsdp_version": 1, "fsdp_config": {"fsdp_offload_params": False}},
         ["FSDP2 only", "got FSDP1", "fsdp_version: 2", "slowed.tau: null"],

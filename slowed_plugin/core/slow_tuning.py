@@ -14,12 +14,16 @@ Pure torch (and PEFT's layer types to find LoRA layers); knows nothing of traine
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..checks import check_choice, check_tau
+from .zero import WeightAccess, access_for
+
+_PLAIN = WeightAccess()
 
 # Relative slack under which a norm counts as already on the ball (float32 rounding of tau / n).
 _ROUNDING = 1e-6
@@ -42,15 +46,7 @@ class ProjectionReport:
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor: FSDP2 shards parameters as DTensors, gathered through their own API."""
-    tensor = tensor.detach()
-    if _is_dtensor(tensor):
-        return tensor.full_tensor()
-    return tensor
-
-
-def _is_dtensor(tensor: torch.Tensor) -> bool:
-    dtensor = getattr(getattr(torch.distributed, "tensor", None), "DTensor", None)
-    return dtensor is not None and isinstance(tensor, dtensor)
+    return _PLAIN.read(tensor)
 
 
 def lora_delta_norm(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -66,11 +62,13 @@ def lora_delta_norm(lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) 
 class _LoraWeight:
     """One active adapter of one PEFT LoRA layer."""
 
-    def __init__(self, name: str, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> None:
-        self.name, self.lora_a, self.lora_b, self.scaling = name, lora_a, lora_b, scaling
+    def __init__(
+        self, name: str, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float, access: WeightAccess = _PLAIN
+    ) -> None:
+        self.name, self.lora_a, self.lora_b, self.scaling, self.access = name, lora_a, lora_b, scaling, access
 
     def norm(self) -> torch.Tensor:
-        return lora_delta_norm(self.lora_a, self.lora_b, self.scaling)
+        return lora_delta_norm(self.access.read(self.lora_a), self.access.read(self.lora_b), self.scaling)
 
     @property
     def scale_is_exact(self) -> bool:
@@ -79,32 +77,27 @@ class _LoraWeight:
         return self.lora_b.dtype in (torch.float32, torch.float64)
 
     def scale_(self, factor: float) -> None:
-        self.lora_b.mul_(factor)  # elementwise: on FSDP shards too, with the same factor on every rank
+        self.access.scale_(self.lora_b, factor)
 
 
 class _DenseWeight:
     """A trainable tensor and the copy of its initial value."""
 
-    def __init__(self, name: str, param: torch.Tensor, reference: torch.Tensor) -> None:
-        self.name, self.param, self.reference = name, param, reference
+    def __init__(self, name: str, param: torch.Tensor, reference: torch.Tensor, access: WeightAccess = _PLAIN) -> None:
+        self.name, self.param, self.reference, self.access = name, param, reference, access
 
     def norm(self) -> torch.Tensor:
-        param = _full(self.param)
+        param = self.access.read(self.param)
         return torch.linalg.vector_norm(param.float() - self.reference.to(param.device, torch.float32))
 
     # W0 + c·(W - W0) is rounded relative to W, not to the (much smaller) ΔW, in any dtype.
     scale_is_exact = False
 
     def scale_(self, factor: float) -> None:
-        reference = self.reference.to(self.param.device, torch.float32)
-        if _is_dtensor(self.param):  # lay the reference out like the sharded parameter
-            from torch.distributed.tensor import distribute_tensor
-
-            reference = distribute_tensor(reference, self.param.device_mesh, self.param.placements)
-        self.param.copy_(reference + factor * (self.param.detach().float() - reference))
+        self.access.interpolate_(self.param, self.reference, factor)
 
 
-def _lora_weights(model: nn.Module) -> tuple[list[_LoraWeight], set[int]]:
+def _lora_weights(model: nn.Module, access: WeightAccess = _PLAIN) -> tuple[list[_LoraWeight], set[int]]:
     """Active LoRA adapters of ``model`` and the ids of their A/B parameters."""
     try:
         from peft.tuners.lora import LoraLayer
@@ -133,12 +126,13 @@ def _lora_weights(model: nn.Module) -> tuple[list[_LoraWeight], set[int]]:
                     f"Slow Tuning cannot bound LoRA layer {name} with `lora_bias=True`: the bias is a weight "
                     "change outside scaling·B@A. Set `lora_bias=False` or `tau: null`."
                 )
-            if lora_a.dim() != 2:
+            shape = tuple(getattr(lora_a, "ds_shape", lora_a.shape))  # a ZeRO-3 partition's own shape is (0,)
+            if len(shape) != 2:
                 raise ValueError(
                     f"Slow Tuning supports linear and embedding LoRA layers; {name} is a convolution "
-                    f"(lora_A of shape {tuple(lora_a.shape)}). Remove it from target_modules or set `tau: null`."
+                    f"(lora_A of shape {shape}). Remove it from target_modules or set `tau: null`."
                 )
-            weights.append(_LoraWeight(name, lora_a, lora_b, float(module.scaling[adapter])))
+            weights.append(_LoraWeight(name, lora_a, lora_b, float(module.scaling[adapter]), access))
             owned.update((id(lora_a), id(lora_b)))
     return weights, owned
 
@@ -162,6 +156,9 @@ class SlowTuner:
     Build it at the start of training: LoRA adapters must then be at ΔW = 0 (otherwise the ball
     around the start cannot be reached by scaling B within rank r, and we refuse rather than
     approximate), and full fine-tuning copies the initial trainable tensors to ``reference_device``.
+
+    ``engine``: returns the DeepSpeed engine training the model once there is one (None before, or without
+    DeepSpeed); weights are then read from and written to its fp32 master copy (:mod:`.zero`).
     """
 
     def __init__(
@@ -171,11 +168,13 @@ class SlowTuner:
         scope: str = "layer",
         reference_device: str = "cpu",
         check_start: bool = True,
+        engine: Callable[[], object | None] | None = None,
     ) -> None:
         # The config's own checks (one wording everywhere); SLowEDConfigError is a ValueError.
         self.tau = check_tau(tau, optional=False)
         self.scope = check_choice("tau_scope", scope, ("layer", "global"))
         self.model = model
+        self._engine = engine
         _check_supported_peft(model)
         self._discover()
         if check_start:
@@ -188,7 +187,9 @@ class SlowTuner:
                         f"||ΔW||_F = {norm:.3g} (init_lora_weights={init!r}). PiSSA, OLoRA, LoftQ, CorDA and "
                         "loaded adapters start elsewhere: use init_lora_weights=True or 'gaussian', or set `tau: null`."
                     )
-        self.references = {w.name: _full(w.param).to(_device(reference_device, w.param), copy=True) for w in self.dense}
+        self.references = {
+            w.name: w.access.read(w.param).to(_device(reference_device, w.param), copy=True) for w in self.dense
+        }
         self._discover()
         if not self.lora and not self.dense:
             raise ValueError("Slow Tuning found no trainable weights in the model.")
@@ -196,11 +197,13 @@ class SlowTuner:
     def _discover(self) -> None:
         """(Re)bind to the model's current parameters by name. Engines such as FSDP2 replace parameter
         objects when they wrap the model, after this tuner was built; a stale reference would project
-        tensors that no longer train."""
-        self.lora, owned = _lora_weights(self.model)
+        tensors that no longer train. The engine, too, exists only once training starts (DeepSpeed wraps the
+        model after this tuner was built), so how weights are read and written is decided here as well."""
+        self.access = access_for(self._engine() if self._engine is not None else None)
+        self.lora, owned = _lora_weights(self.model, self.access)
         references = getattr(self, "references", {})
         self.dense = [
-            _DenseWeight(name, param, references.get(name))
+            _DenseWeight(name, param, references.get(name), self.access)
             for name, param in self.model.named_parameters()
             if param.requires_grad and id(param) not in owned
         ]

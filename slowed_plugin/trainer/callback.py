@@ -81,7 +81,13 @@ class SLowEDCallback(TrainerCallback):
         if self.patches is not None:  # attached before (then detached): never stack our own layers
             self.patches.undo()
         if self.config.slow_tuning:
-            self.tuner = SlowTuner(trainer.model, self.config.tau, self.config.tau_scope, self.config.reference_device)
+            self.tuner = SlowTuner(
+                trainer.model,
+                self.config.tau,
+                self.config.tau_scope,
+                self.config.reference_device,
+                engine=lambda: getattr(trainer, "deepspeed", None),  # DeepSpeed's engine, once training started
+            )
         if online_masking(self.config):
             model = trainer.model
             causal = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -231,6 +237,8 @@ class SLowEDCallback(TrainerCallback):
         first step, for every dtype the loss will see, so that no training step pays for it."""
         import torch
 
+        if self._loss is None or self.trainer.compute_loss_func is not None:
+            return  # a custom loss gets its labels masked by the reference code, which compiles nothing
         model = self.trainer.model
         param = next(model.parameters())
         dtypes = {param.dtype}
@@ -241,12 +249,14 @@ class SLowEDCallback(TrainerCallback):
         weight = getattr(model.get_output_embeddings(), "weight", None)
         if weight is None:
             return
-        # The chunked loss applies the model's logit scale and soft-cap inside the kernels (one graph per value).
-        config = getattr(model, "config", None)
-        scale = float(getattr(config, "logit_scale", None) or 1.0)
-        seconds = warmup(
-            weight.shape[0], tuple(dtypes), param.device, scale, getattr(config, "final_logit_softcapping", None)
+        vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partition's own shape is (0,)
+        path = self._loss.path()
+        # The hidden-states loss applies the model's logit scale and soft-cap inside the kernels (one graph per
+        # value); on logits the model already applied them.
+        scale, softcap = (
+            (self._loss.head.logit_scale, self._loss.head.softcap) if path == "hidden_states" else (1.0, None)
         )
+        seconds = warmup(vocab, tuple(dtypes), param.device, scale, softcap, paths=(path,))
         if seconds > 1:
             logger.info("SLowED: fused loss kernels ready in %.1f s (compiled once per process).", seconds)
 

@@ -6,7 +6,8 @@ Two paths, both in :mod:`slowed_plugin.core`:
   default, for a decoder + linear head. Like TRL's default ``chunked_nll`` it never builds the full logits.
 - on logits (:func:`~slowed_plugin.core.logits_loss.fused_masked_causal_lm_loss`): for TRL's ``loss_type="nll"``
   (its metrics read the logits), MoE models (the router's aux loss needs the model's own forward), multimodal
-  models, and PEFT-adapted or quantised heads.
+  models, PEFT-adapted or quantised heads, and DeepSpeed ZeRO-3 (whose partitioned head weight only the head
+  module's own forward and backward gather).
 
 Evaluation never comes here (the forward patch passes through when the model is not training), so eval loss
 stays the plain cross-entropy.
@@ -26,6 +27,7 @@ from ..core.hidden_states_loss import chunked_masked_causal_lm_loss
 from ..core.lm_head import OutputHead, output_head
 from ..core.logits_loss import fused_masked_causal_lm_loss
 from ..core.masking import IGNORE_INDEX, MaskStats, mask_low_entropy_targets
+from ..core.zero import is_zero3_param
 
 
 @dataclass
@@ -75,6 +77,14 @@ class MaskedCausalLMLoss:
         self.head = hidden_states_head(causal, loss_type)
         self.router_coef = getattr(causal.config, "router_aux_loss_coef", 0.0)
 
+    def _partitioned(self) -> bool:
+        return any(is_zero3_param(p) for p in self.head.head.parameters())
+
+    def path(self) -> str:
+        """``"hidden_states"`` or ``"logits"``: the core loss a training step takes now (MoE forwards that ask
+        for router logits take the logits path whatever this says)."""
+        return "hidden_states" if self.head is not None and not self._partitioned() else "logits"
+
     def __call__(
         self,
         forward: Callable[..., Any],
@@ -89,7 +99,9 @@ class MaskedCausalLMLoss:
             num_items_in_batch=num_items_in_batch, position_ids=kwargs.get("position_ids"), shift_labels=shift_labels
         )
         try:
-            if self.head is not None and not kwargs.get("output_router_logits"):
+            # Under ZeRO-3 the head's weight is a partition, gathered only by the head module's own forward (and
+            # again for its backward): the model's forward then computes the logits and the loss is taken on them.
+            if not kwargs.get("output_router_logits") and self.path() == "hidden_states":
                 kwargs.pop("use_cache", None)
                 kwargs.pop("logits_to_keep", None)
                 outputs = self.head.backbone(*args, use_cache=False, **kwargs)

@@ -1,0 +1,156 @@
+"""A few SLowED optimizer steps of TRL's SFTTrainer under DeepSpeed ZeRO on CPU (torchrun, gloo), or the same run
+in one process without DeepSpeed, for tests/test_deepspeed.py.
+
+Usage: python ds_train.py MODEL_DIR DATA_JSONL OUT_DIR BATCH_PER_DEVICE STAGE [plain]
+STAGE 0 means no DeepSpeed (the one-process reference run); `plain` trains without SLowED (stock TRL).
+Writes OUT_DIR/rank{N}.pt.
+
+The launch quirks here are CPU-only and belong to the test, not to slowed-plugin: `use_cpu=True` (otherwise
+accelerate finds no backend and counts one process), `deepspeed.init_distributed("gloo")` before
+`from_pretrained` (otherwise ZeRO-3's `zero.Init` counts one process), and a final barrier +
+`destroy_process_group()` (otherwise one ZeRO-3 rank aborts at exit).
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+STEPS = 3
+TAU = 0.05
+LR = 0.5
+
+
+def _config(stage: int) -> dict:
+    zero: dict = {"stage": stage}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": zero,
+        # The trainer's own SGD (exact gradients in the step: W1 = W0 - lr * g) is not on ZeRO's tested list.
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def _lora_pairs(model):
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            yield name, module.lora_A["default"].weight, module.lora_B["default"].weight, module.scaling["default"]
+
+
+def _masters(params, zero: bool) -> list[torch.Tensor]:
+    """Full fp32 master values under ZeRO (collective), the tensors themselves otherwise."""
+    if not zero:
+        return [p.detach().float().clone() for p in params]
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return [safe_get_full_fp32_param(p).clone() for p in params]
+
+
+def _module_copies(params, stage: int) -> list[torch.Tensor]:
+    """What the next forward and save_model see: the module's tensors (gathered under ZeRO-3)."""
+    if stage == 3:
+        from deepspeed.runtime.zero import GatheredParameters
+
+        with GatheredParameters(list(params), modifier_rank=None):
+            return [p.detach().float().clone() for p in params]
+    return [p.detach().float().clone() for p in params]
+
+
+def main() -> None:
+    model_dir, data, out, batch, stage = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    plain = len(sys.argv) > 6 and sys.argv[6] == "plain"
+    sys.path.insert(0, os.path.dirname(__file__))
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from slowed_plugin import SLowEDCallback
+
+    rank = int(os.environ.get("RANK", "0"))
+    settings = dict(
+        output_dir=os.path.join(out, "run"),
+        max_steps=STEPS,
+        per_device_train_batch_size=batch,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        optim="sgd",
+        weight_decay=0.0,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        data_seed=0,
+        max_grad_norm=0.0,
+        dataloader_num_workers=0,
+    )
+    if stage:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+        settings["deepspeed"] = _config(stage)
+    args = SFTConfig(**settings)
+    _ = args.device  # sets up the process group the way accelerate expects before the model is built
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # ZeRO-3: under zero.Init
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+
+    record: dict = {"pre": [], "post": []}
+
+    class Pre(TrainerCallback):  # runs before SLowED's on_step_end: the weights the optimizer step wrote
+        def on_step_end(self, args, state, control, **kwargs):
+            record["pre"].append(_masters([b for _, _, b, _ in _lora_pairs(trainer.model)], bool(stage)))
+
+    class Post(TrainerCallback):  # runs after SLowED's on_step_end: the projected weights
+        def on_step_end(self, args, state, control, **kwargs):
+            pairs = list(_lora_pairs(trainer.model))
+            scaling = [s for _, _, _, s in pairs]
+            a_m = _masters([a for _, a, _, _ in pairs], bool(stage))
+            b_m = _masters([b for _, _, b, _ in pairs], bool(stage))
+            a_c = _module_copies([a for _, a, _, _ in pairs], stage)
+            b_c = _module_copies([b for _, _, b, _ in pairs], stage)
+            # The materialised ΔW = s · B @ A of every layer, from the fp32 masters and from the module copies.
+            master = [float(torch.linalg.matrix_norm(s * b @ a)) for s, a, b in zip(scaling, a_m, b_m, strict=True)]
+            module = [float(torch.linalg.matrix_norm(s * b @ a)) for s, a, b in zip(scaling, a_c, b_c, strict=True)]
+            gap = max(float((m - c).abs().max()) for m, c in zip(a_m + b_m, a_c + b_c, strict=True))
+            record["post"].append({"master": master, "module": module, "master_vs_module": gap})
+
+    rows = [json.loads(line) for line in open(data)]
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=peft_config,
+        callbacks=[]
+        if plain
+        else [Pre(), SLowEDCallback(tau=TAU, mask_ratio=0.3, mask_scope="sequence", project_every=1), Post()],
+    )
+    trainer.train()
+    record["engine"] = type(trainer.model_wrapped).__name__
+    record["world_size"] = trainer.args.world_size
+    record["logs"] = trainer.state.log_history
+    pairs = list(_lora_pairs(trainer.model))
+    names = [f"{n}.lora_A" for n, _, _, _ in pairs] + [f"{n}.lora_B" for n, _, _, _ in pairs]
+    values = _module_copies([a for _, a, _, _ in pairs] + [b for _, _, b, _ in pairs], stage)
+    record["adapter"] = dict(zip(names, values, strict=True))
+    trainer.save_model(os.path.join(out, "saved"))
+    os.makedirs(out, exist_ok=True)
+    torch.save(record, os.path.join(out, f"rank{rank}.pt"))
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
