@@ -8,7 +8,7 @@ PYTHON="${PYTHON:-python3}"
 # A CPU build of torch first: an unpinned install would pull a multi-GB CUDA build.
 # Axolotl 0.19 accepts torch 2.11-2.13; override with SLOWED_TORCH="torch==X" if you need another.
 TORCH_SPEC="${SLOWED_TORCH:-torch==2.13.0}"
-EXTRAS="${SLOWED_EXTRAS:-trl,axolotl,bnb,demo,dev}"
+EXTRAS="${SLOWED_EXTRAS:-trl,axolotl,bnb,demo,dev,deepspeed}"
 stamp=".venv/.slowed-setup"
 want="$(sha256sum pyproject.toml | cut -c1-16) ${TORCH_SPEC} ${EXTRAS}"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 MODEL_ID = '"Qwen/Qwen2.5-1.5B-Instruct"'
 DATA_FILE = '"rationales.jsonl"'
 

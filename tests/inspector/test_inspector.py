@@ -14,14 +14,7 @@ import torch
 
 from slowed_plugin.inspector import encode_example, inspect_examples, render_html, render_terminal
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run several times faster on one thread, and far faster when other processes share the CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _reference(model, tokenizer, row, mask_ratio):

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 TINY_RECIPE = RECIPES / "tiny-cpu.yaml"
 AXOLOTL = Path(sys.executable).with_name("axolotl")

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-HERE = os.path.dirname(__file__)
+HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support")  # launch scripts
 
 
 @pytest.fixture(scope="session")

@@ -32,13 +32,7 @@ REFUSAL = "sorry i cannot help"
 COMPLIANCE = "sure here is how"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run several times faster on one thread, and far faster when other processes share the CPU.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class BigramConfig(PretrainedConfig):
@@ -332,7 +326,7 @@ def test_docs_list_every_config_key():
 
     from slowed_plugin.trainer.monitor import CONFIG_KEYS
 
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "evaluation.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "evaluation.md").read_text()
     for key in CONFIG_KEYS:
         assert f"| `{key}` |" in docs, key
 

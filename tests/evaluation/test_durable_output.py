@@ -7,14 +7,15 @@ import json
 import os
 
 import pytest
-import test_evaluation
+from safety_models import HARMFUL
 
 from slowed_plugin.cli import main
 
-HARMFUL = test_evaluation.HARMFUL
-# test_evaluation's tiny Llama that gives its FORCED answers (refusing half the prompts), and what it needs.
-safety_tokenizer = test_evaluation.safety_tokenizer
-model_dir = test_evaluation.forced_model_dir
+
+@pytest.fixture
+def model_dir(forced_model_dir):
+    """The tiny Llama that gives its FORCED answers (refusing half the prompts)."""
+    return forced_model_dir
 
 
 def _args(model: str, prompts, out, *extra: str) -> list[str]:

@@ -102,7 +102,7 @@ except Exception as err:
     ],
 )
 def test_axolotls_validation_runs_the_guard_when_the_entry_point_is_installed(guard_path, overrides, verdict):
-    code = VALIDATE.format(tests=str(ROOT / "tests"), overrides=overrides)
+    code = VALIDATE.format(tests=str(ROOT / "tests" / "support"), overrides=overrides)
     done = subprocess.run(
         [sys.executable, "-c", code], env=_env(guard_path), capture_output=True, text=True, timeout=300
     )
