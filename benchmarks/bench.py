@@ -131,7 +131,7 @@ def worker_loss(tokens: int, reps: int, methods: list[str]) -> dict:
 
     import torch
 
-    from slowed_plugin.core.logits_loss import KERNELS, warmup
+    from slowed_plugin.core.kernels import KERNELS, warmup
 
     compile_s = warmup(VOCAB, (torch.bfloat16,))
     logits, labels = _loss_inputs(tokens)
@@ -525,7 +525,7 @@ def worker_compile(dtypes: list[str]) -> dict:
     """The callback's warm-up in a fresh process (TORCHINDUCTOR_CACHE_DIR set by the caller)."""
     import torch
 
-    from slowed_plugin.core.logits_loss import KERNELS, warmup
+    from slowed_plugin.core.kernels import KERNELS, warmup
 
     seconds = warmup(VOCAB, tuple(getattr(torch, d) for d in dtypes))
     return {"compile_s": seconds, "compiled": KERNELS.failed is None}
@@ -537,7 +537,7 @@ def worker_chunked_loss(tokens: int, reps: int) -> dict:
     import torch
 
     from slowed_plugin.core.hidden_states_loss import chunked_masked_causal_lm_loss
-    from slowed_plugin.core.logits_loss import warmup
+    from slowed_plugin.core.kernels import warmup
 
     warmup(VOCAB, (torch.bfloat16,), paths=("hidden_states",))
     torch.manual_seed(0)

@@ -70,7 +70,7 @@ def kernels(request, monkeypatch):
     No skip: if compiling failed here, the "compiled" run would silently test the fallback, so it fails
     instead (this project's machines have the C++ compiler that inductor needs on CPU).
     """
-    from slowed_plugin.core.logits_loss import KERNELS
+    from slowed_plugin.core.kernels import KERNELS
 
     if request.param == "eager":
         monkeypatch.setenv("SLOWED_COMPILE", "0")

@@ -29,8 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import kernels
+from .kernels import check_targets, normalise
 from .lm_head import lm_head_parameters
-from .logits_loss import KERNELS, check_targets, normalise
 from .masking import IGNORE_INDEX, MaskStats, check_finite, select_mask, shifted_targets
 
 # Rows of logits per chunk, as TRL's chunked_nll (_CHUNKED_LM_HEAD_CHUNK_SIZE).
@@ -67,7 +68,7 @@ def head_row_stats(
         part = slice(start, start + chunk_size)
         h = hidden[part] if rows is None else hidden.index_select(0, rows[part])
         logits = _project(h, weight, bias)
-        lse[part], entropy[part], target_logit[part], hit[part] = KERNELS.stats(
+        lse[part], entropy[part], target_logit[part], hit[part] = kernels.KERNELS.stats(
             logits, targets[part], logit_scale, final_logit_softcapping
         )
         del logits
@@ -99,7 +100,7 @@ class _KeptRowsCE(torch.autograd.Function):
             h = hidden.index_select(0, idx)
             g = _project(h, weight_c, bias)
             # In place: the chunk's logits become d loss / d logits in the same buffer.
-            KERNELS.grad_into(g, lse[part], targets[part], grad_ce[part], g, logit_scale, softcap)
+            kernels.KERNELS.grad_into(g, lse[part], targets[part], grad_ce[part], g, logit_scale, softcap)
             if need_hidden:
                 grad_hidden.index_copy_(0, idx, g @ weight_c)
             if need_weight:

@@ -21,7 +21,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..config import SLowEDConfig
-from ..core.logits_loss import warmup
+from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
 from ..log import get_logger
 from ..rules import check_trainer

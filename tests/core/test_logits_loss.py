@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from loss_cases import assert_same_mask, case_labels
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from slowed_plugin.core import kernels
 from slowed_plugin.core import logits_loss as fused_loss
 from slowed_plugin.core.logits_loss import fused_masked_causal_lm_loss
 from slowed_plugin.core.masking import kept_token_count, mask_low_entropy_targets, masked_causal_lm_loss, token_entropy
@@ -174,7 +175,7 @@ def test_no_float32_copy_of_bf16_logits(monkeypatch):
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
-    kernels = fused_loss._Kernels()
+    fresh = kernels._Kernels()
 
     def broken(fn, **kwargs):
         def run(*args):
@@ -183,12 +184,12 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(fused_loss, "KERNELS", kernels)
+    monkeypatch.setattr(kernels, "KERNELS", fresh)
     logits, labels = make_case((2, 12), torch.float32)
     expected, _ = masked_causal_lm_loss(logits, labels, 0.3, "sequence")
     with caplog.at_level("WARNING", logger="slowed_plugin"):
         loss, _ = fused_masked_causal_lm_loss(logits, labels, 0.3, "sequence")
     torch.testing.assert_close(loss, expected)
-    assert kernels.failed and "no C++ compiler" in kernels.failed
+    assert fresh.failed and "no C++ compiler" in fresh.failed
     assert "eager kernels" in caplog.text
-    assert fused_loss.warmup(VOCAB) == 0.0  # nothing left to compile
+    assert kernels.warmup(VOCAB) == 0.0  # nothing left to compile

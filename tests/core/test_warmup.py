@@ -6,7 +6,7 @@ from transformers import TrainerCallback
 from trl_helpers import sft_trainer
 
 from slowed_plugin import SLowEDCallback
-from slowed_plugin.core import logits_loss
+from slowed_plugin.core import kernels
 
 
 def _frames_compiled() -> int:
@@ -39,10 +39,7 @@ def test_no_step_compiles_after_warmup(llama_dir, cot_rows, tmp_path, monkeypatc
     # A fresh process state: graphs compiled by earlier tests (e.g. run without grad) must not hide a
     # warm-up that compiled different ones.
     torch._dynamo.reset()
-    monkeypatch.setattr(logits_loss, "KERNELS", logits_loss._Kernels())
-    import slowed_plugin.core.hidden_states_loss as hidden_states_loss
-
-    monkeypatch.setattr(hidden_states_loss, "KERNELS", logits_loss.KERNELS)
+    monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels())  # both losses and the warm-up read this one
     log = _CompileLog()
     trainer = sft_trainer(
         llama_dir,
@@ -54,7 +51,7 @@ def test_no_step_compiles_after_warmup(llama_dir, cot_rows, tmp_path, monkeypatc
         bf16=bf16,
     )
     trainer.train()
-    assert logits_loss.KERNELS.failed is None
+    assert kernels.KERNELS.failed is None
     assert log.counts[0] > 0, "the warm-up compiled nothing"
     # Steps 1-3 (forward, backward, one-row and partial chunks, the trainer's autocast) compile nothing more.
     assert log.counts == [log.counts[0]] * 4, f"compiled frames after warm-up, then per step: {log.counts}"
