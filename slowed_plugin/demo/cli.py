@@ -13,6 +13,8 @@ import shlex
 import sys
 import time
 
+from ..files import atomic_write_text
+
 DEFAULT_OUT = "./slowed-demo"
 # The largest tau of the seed-0 sweep (`slowed demo --sweep-tau`) whose last-epoch safety stayed >= 95 %.
 # Chosen on the same held-out prompts the report uses, so seeds 1 and 2 are the unselected check.
@@ -247,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
         rep.plot_frontier(summary, out / rep.FRONTIER, title)
     payload["timing"]["total_seconds"] = round(time.perf_counter() - started, 1)
     rep.write_results(out, payload)
-    (out / rep.REPORT).write_text(rep.render_report(payload))
+    atomic_write_text(out / rep.REPORT, rep.render_report(payload))
 
     print("", file=sys.stderr)
     print(rep.format_terminal(rep.table(summary, payload["base_eval"])))

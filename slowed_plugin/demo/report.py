@@ -13,6 +13,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write, atomic_write_text
+
 FIGURE = "slowed-demo.png"
 FRONTIER = "frontier.png"
 REPORT = "report.md"
@@ -232,7 +234,7 @@ def plot_curves(summary: dict[str, Any], path: str | Path, title: str) -> None:
     axes[0].set_ylabel("share")
     axes[1].legend(loc="upper left", fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))
     plt.close(fig)
 
 
@@ -257,14 +259,14 @@ def plot_frontier(summary: dict[str, Any], path: str | Path, title: str) -> None
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title, fontsize=10)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))
     plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------- files
 def write_results(out: Path, payload: dict[str, Any]) -> Path:
     path = out / RESULTS
-    path.write_text(json.dumps(payload, indent=1))
+    atomic_write_text(path, json.dumps(payload, indent=1))
     return path
 
 

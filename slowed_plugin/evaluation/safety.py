@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..files import atomic_write_text  # noqa: F401 - also used by safety_cli
 from .judges import Judge, Verdict, load_judge
 from .stats import wilson_interval
 
@@ -118,27 +119,6 @@ def evaluate_safety(
     result.generation_seconds = generated - start
     result.judge_seconds = time.perf_counter() - generated
     return result
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``, so that
-    an interrupted write leaves the old file (or none), never half a file."""
-    import os
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_jsonl(records: Sequence[dict[str, Any]], path: str) -> None:

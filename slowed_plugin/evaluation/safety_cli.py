@@ -153,9 +153,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..files import atomic_write_text
     from .judges import load_judge
     from .prompts import load_prompts
-    from .safety import atomic_write_text, summarize, write_jsonl
+    from .safety import summarize, write_jsonl
 
     for name in ("max_new_tokens", "batch_size", "judge_batch_size"):
         if getattr(args, name) < 1:

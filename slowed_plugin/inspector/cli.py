@@ -9,6 +9,7 @@ from typing import Any
 
 from ..data import COT_TINY
 from ..evaluation.models import add_model_arguments
+from ..files import atomic_write_text
 from .render import render_html, render_terminal
 from .score import inspect_examples
 
@@ -92,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(render_terminal(examples, args.mask_ratio, args.mask_scope, color=color, table=not args.no_table))
     if args.html:
         title = f"SLowED mask: {os.path.basename(os.path.normpath(args.adapter or args.model))}"
-        with open(args.html, "w", encoding="utf-8") as handle:
-            handle.write(render_html(examples, args.mask_ratio, args.mask_scope, title=title))
+        atomic_write_text(args.html, render_html(examples, args.mask_ratio, args.mask_scope, title=title))
         print(f"HTML written to {args.html}")
     return 0

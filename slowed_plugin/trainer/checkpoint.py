@@ -9,7 +9,6 @@ that transformers can resume always has them, and before ``save_total_limit`` de
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..core.slow_tuning import SlowTuner
+from ..files import atomic_write
 
 REFERENCE_FILE = "slowed_reference.pt"
 
@@ -27,16 +27,9 @@ def is_checkpoint_dir(output_dir: str | None) -> bool:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """Write then rename, so a checkpoint never holds a truncated file under its real name; on any failure the
-    temporary file is removed too."""
-    tmp = path + ".tmp"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """``torch.save`` through :func:`slowed_plugin.files.atomic_write`: a checkpoint never holds a truncated file
+    under its real name."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_reference(tuner: SlowTuner, checkpoint_dir: str) -> None:
