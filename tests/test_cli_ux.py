@@ -118,6 +118,7 @@ NOISE = (
 )
 
 
+@pytest.mark.slow  # two full `slowed check` processes with axolotl imported (~30 s)
 def test_slowed_check_hides_known_import_noise_unless_verbose():
     quiet = slowed("check", str(TINY_RECIPE))
     assert quiet.returncode == 0, quiet.stdout + quiet.stderr

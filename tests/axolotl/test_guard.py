@@ -93,6 +93,7 @@ except Exception as err:
 """
 
 
+@pytest.mark.slow  # an Axolotl validation subprocess each (~10 s)
 @pytest.mark.parametrize(
     ("overrides", "verdict"),
     [
@@ -110,6 +111,7 @@ def test_axolotls_validation_runs_the_guard_when_the_entry_point_is_installed(gu
     assert len(out) == 1 and out[0].startswith(verdict), done.stdout + done.stderr
 
 
+@pytest.mark.slow  # a `slowed check` subprocess with axolotl imported (~10 s)
 def test_slowed_check_reports_the_problem_once_with_the_guard_installed(guard_path, tmp_path):
     import yaml
     from axolotl_helpers import BASE_CONFIG
