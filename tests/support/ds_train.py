@@ -71,35 +71,26 @@ def main() -> None:
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
+    from trl_helpers import sft_config
 
     from slowed_plugin import SLowEDCallback
 
     rank = int(os.environ.get("RANK", "0"))
     settings = dict(
-        output_dir=os.path.join(out, "run"),
         max_steps=STEPS,
         per_device_train_batch_size=batch,
         learning_rate=LR,
         lr_scheduler_type="constant",
         optim="sgd",
         weight_decay=0.0,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        data_seed=0,
-        max_grad_norm=0.0,
-        dataloader_num_workers=0,
     )
     if stage:
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="gloo")
         settings["deepspeed"] = _config(stage)
-    args = SFTConfig(**settings)
+    args = sft_config(os.path.join(out, "run"), **settings)
     _ = args.device  # sets up the process group the way accelerate expects before the model is built
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # ZeRO-3: under zero.Init

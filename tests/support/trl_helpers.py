@@ -6,10 +6,9 @@ import torch
 from datasets import Dataset
 
 
-def sft_trainer(model_dir, rows, output_dir, callbacks=(), peft=True, model=None, **overrides):
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+def sft_config(output_dir, **overrides):
+    """The suite's ``SFTConfig``: CPU, fp32, seeded, no saving or reporting, logging every step."""
+    from trl import SFTConfig
 
     settings = dict(
         output_dir=str(output_dir),
@@ -27,13 +26,22 @@ def sft_trainer(model_dir, rows, output_dir, callbacks=(), peft=True, model=None
         dataloader_num_workers=0,
     )
     settings.update(overrides)
+    return SFTConfig(**settings)
+
+
+def sft_trainer(model_dir, rows, output_dir, callbacks=(), peft=True, model=None, **overrides):
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    args = sft_config(output_dir, **overrides)
     torch.manual_seed(0)
     if model is None:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear") if peft is True else (peft or None)
     return SFTTrainer(
         model=model,
-        args=SFTConfig(**settings),
+        args=args,
         train_dataset=Dataset.from_list(list(rows)),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         peft_config=peft_config,
