@@ -124,9 +124,7 @@ class SLowEDCallback(TrainerCallback):
             if trainer.compute_loss_func is not None:
                 patches.install_custom_loss_masking(installed, trainer, self.config, self.metrics.record_mask)
             else:
-                model = trainer.model
-                causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-                patches.install_masked_forward(installed, causal, self._loss)
+                patches.install_masked_forward(installed, self._loss.causal, self._loss)
             patches.install_kept_token_count(installed, trainer, self.config)
         if self._masked_dataset is not None:
             patches.replace_train_dataset(installed, trainer, lambda _: self._masked_dataset)

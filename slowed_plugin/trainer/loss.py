@@ -74,6 +74,7 @@ class MaskedCausalLMLoss:
         step: Callable[[], int | str],
     ) -> None:
         self.config, self.record, self.step = config, record, step
+        self.causal = causal  # the module whose forward is replaced
         self.head = hidden_states_head(causal, loss_type)
         self.router_coef = getattr(causal.config, "router_aux_loss_coef", 0.0)
 
