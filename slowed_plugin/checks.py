@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -218,6 +218,17 @@ def check_share(value: Any, key: str, spelling: Spelling = PYTHON) -> float | No
             f"{spelling.literal(None)}; got {shown(value)}."
         )
     return float(number)
+
+
+def check_prompts(value: Any, key: str, spelling: Spelling = PYTHON) -> None:
+    """A prompt source as the prompt loader reads it: a file or hub id (a non-empty string), or a list of strings."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise SLowEDConfigError(f"{spelling.key(key)} must not be empty.")
+    elif not (isinstance(value, Sequence) and value and all(isinstance(p, str) for p in value)):
+        raise SLowEDConfigError(
+            f"{spelling.key(key)} must be a file, a hub dataset id, or a non-empty list of strings; got {value!r}."
+        )
 
 
 def check_bool(value: Any, key: str, spelling: Spelling = PYTHON) -> bool:

@@ -124,6 +124,18 @@ class SLowEDConfig:
         },
     )
 
+    safety_anchor: Mapping[str, Any] | None = field(
+        default=None,
+        hash=False,
+        metadata={
+            "help": "Safety anchor (beyond the paper): a mapping with `prompts` (required: harmful requests, not the "
+            "evaluated ones) and optional benign_prompts, mode (`replay` default, or `gradient`), ratio (default "
+            "0.05), replay_batch_size, seed, max_new_tokens, batch_size, use_chat_template, min_refusal_share, cache, "
+            "prompt_column (docs/anchor.md). The starting model's own greedy answers are replayed in training, or "
+            "constrain each step's gradient. Works with or without tau and mask_ratio. null: no anchor."
+        },
+    )
+
     def __post_init__(self) -> None:
         # Checked and converted once (numbers as users write them, ints to floats so that `[10, 0.2]` and
         # `{tau: 10.0, ...}` compare equal); from_value has already checked YAML values in YAML wording.
@@ -141,9 +153,14 @@ class SLowEDConfig:
         return self.mask_ratio > 0
 
     @property
+    def anchored(self) -> bool:
+        """Whether the safety anchor is on."""
+        return self.safety_anchor is not None
+
+    @property
     def active(self) -> bool:
         """Whether SLowED changes training at all."""
-        return self.slow_tuning or self.masking
+        return self.slow_tuning or self.masking or self.anchored
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -208,7 +225,11 @@ class SLowEDConfig:
             else "Low-Entropy Masking off"
         )
         monitor = "; safety monitor on" if self.safety_monitor else ""
-        return f"SLowED: {slow}; {mask}{monitor}"
+        anchor = ""
+        if self.anchored:
+            a = self.safety_anchor
+            anchor = f"; safety anchor {a['mode']}" + (f" (ratio {a['ratio']:g})" if a["mode"] == "replay" else "")
+        return f"SLowED: {slow}; {mask}{monitor}{anchor}"
 
 
 def _checked(values: dict[str, Any], spelling: Spelling) -> dict[str, Any]:
@@ -236,6 +257,11 @@ def _checked(values: dict[str, Any], spelling: Spelling) -> dict[str, Any]:
 
         checked = check_monitor_config(values["safety_monitor"], spelling=spelling.child("safety_monitor"))
         out["safety_monitor"] = MappingProxyType(checked)
+    if values.get("safety_anchor") is not None:
+        from .anchor.settings import check_anchor_config  # pure Python, like this module
+
+        checked = check_anchor_config(values["safety_anchor"], spelling=spelling.child("safety_anchor"))
+        out["safety_anchor"] = MappingProxyType(checked)
     return out
 
 

@@ -8,7 +8,7 @@ where it was written (``slowed.safety_monitor`` in YAML by default).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from .checks import (
@@ -18,6 +18,7 @@ from .checks import (
     check_every,
     check_int,
     check_positive_int,
+    check_prompts,
     check_share,
     yaml_spelling,
 )
@@ -51,6 +52,12 @@ CONFIG_KEYS: dict[str, str] = {
 }
 
 _JUDGE_FORMATS = ("conversation", "walledguard", "answer")
+FILE_LIMIT = 32  # prompts drawn from a file or hub set when `limit` is not given
+
+
+def evaluated_limit(prompts: Any, limit: int | None) -> int | None:
+    """How many prompts the monitor draws from ``prompts``: ``limit``, else all of a list, else :data:`FILE_LIMIT`."""
+    return FILE_LIMIT if isinstance(prompts, str) and limit is None else limit
 
 
 def _example(spelling: Spelling) -> str:
@@ -65,16 +72,8 @@ def check_monitor_values(values: Mapping[str, Any], spelling: Spelling) -> dict[
     ``judge`` may also be a ready :class:`~slowed_plugin.evaluation.judges.Judge` (Python callers).
     """
     out = dict(values)
-    prompts = values.get("prompts")
     if "prompts" in values:
-        if isinstance(prompts, str):
-            if not prompts.strip():
-                raise SLowEDConfigError(f"{spelling.key('prompts')} must not be empty.")
-        elif not (isinstance(prompts, Sequence) and prompts and all(isinstance(p, str) for p in prompts)):
-            raise SLowEDConfigError(
-                f"{spelling.key('prompts')} must be a file, a hub dataset id, or a non-empty list of strings; "
-                f"got {prompts!r}."
-            )
+        check_prompts(values["prompts"], "prompts", spelling)
     for name in ("limit", "max_new_tokens", "batch_size"):
         if values.get(name) is not None:
             out[name] = check_positive_int(values[name], name, spelling)

@@ -390,6 +390,69 @@ def _context_parallel_axolotl(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------------- the safety anchor
+def _gradient_anchor(config: SLowEDConfig) -> bool:
+    return config.anchored and config.safety_anchor["mode"] == "gradient"
+
+
+_SHARDED_GRADIENT = (
+    "The safety anchor's `mode: gradient` is not supported with {setting}: the engine shards or partitions the "
+    "gradients the constraint projects as one vector. Use `mode: replay` (the default), or train without it."
+)
+
+
+def _sharded_args(args: TrainingArguments) -> str | None:
+    if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None):
+        return _SHARDED_GRADIENT.format(setting="DeepSpeed")
+    if getattr(args, "fsdp_plugin_args", None) or getattr(args, "fsdp", None):
+        return _SHARDED_GRADIENT.format(setting="FSDP")
+    return None
+
+
+def _sharded_trainer(trainer: Trainer) -> str | None:
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return _SHARDED_GRADIENT.format(setting="DeepSpeed")
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return _SHARDED_GRADIENT.format(setting="FSDP")
+    return None
+
+
+def _sharded_axolotl(cfg: Mapping[str, Any]) -> str | None:
+    for key in ("deepspeed", "fsdp", "fsdp_config"):
+        if cfg.get(key):
+            return _SHARDED_GRADIENT.format(setting=f"`{key}`")
+    return None
+
+
+def anchor_overlap(config: SLowEDConfig) -> str | None:
+    """The refusal of an anchor whose prompts are also the safety monitor's (evaluated) prompts, or None.
+
+    Reads both prompt sources (lists, local files or hub ids) as the anchor and the monitor will."""
+    if not (config.anchored and config.safety_monitor):
+        return None
+    from .anchor.answers import overlap_count
+    from .evaluation.prompts import load_prompts
+    from .monitor_settings import evaluated_limit
+
+    anchor, monitor = config.safety_anchor, config.safety_monitor
+    anchored = load_prompts(anchor["prompts"], column=anchor["prompt_column"])
+    if anchor["benign_prompts"] is not None:
+        anchored += load_prompts(anchor["benign_prompts"], column=anchor["prompt_column"])
+    limit = evaluated_limit(monitor["prompts"], monitor.get("limit"))
+    evaluated = load_prompts(
+        monitor["prompts"], limit=limit, seed=monitor.get("seed", 0), column=monitor.get("prompt_column")
+    )
+    count = overlap_count(anchored, evaluated)
+    if count:
+        return (
+            f"The safety anchor's prompts overlap the safety monitor's: {count} of the {len(set(evaluated))} "
+            "evaluated prompts are anchor prompts, so the monitor would measure answers the anchor trains on and "
+            "overstate safety. Give `safety_anchor.prompts` a disjoint set (e.g. AdvBench rows not among the "
+            "evaluated ones)."
+        )
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- the table
 RULES: tuple[Rule, ...] = (
     Rule(
@@ -502,6 +565,15 @@ RULES: tuple[Rule, ...] = (
         reads=("orpo_alpha",),
     ),
     Rule(
+        "safety anchor's gradient mode without DeepSpeed or FSDP",
+        _gradient_anchor,
+        "the constraint projects the step's whole gradient as one vector; ZeRO and FSDP shard it.",
+        trl_args=_sharded_args,
+        trl_trainer=_sharded_trainer,
+        axolotl=_sharded_axolotl,
+        reads=("deepspeed", "fsdp", "fsdp_config"),
+    ),
+    Rule(
         "no context parallelism",
         _masking,
         "each rank sees a slice of every sequence, so the lowest-entropy share cannot be taken per sequence.",
@@ -526,7 +598,7 @@ def axolotl_facts(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- front ends
 def _problems(config: SLowEDConfig, find: Callable[[Rule], Callable[[], str | None] | None]) -> list[str]:
-    found = []
+    found = [message] if (message := anchor_overlap(config)) is not None else []
     for rule in RULES:
         if rule.applies(config) and (probe := find(rule)) is not None and (message := probe()) is not None:
             found.append(message)

@@ -71,9 +71,11 @@ def generate_from_texts(
     batch_size: int,
     add_special_tokens: bool = True,
     progress: str | None = None,
+    strip: bool = True,
 ) -> list[str]:
     """Greedy continuations of already formatted ``texts`` (new tokens only, special tokens removed);
-    ``progress``: the label of a tqdm bar, or None for none."""
+    ``progress``: the label of a tqdm bar, or None for none; ``strip=False`` keeps the continuation's leading and
+    trailing white space (text that is trained on as generated)."""
     import torch
 
     if max_new_tokens < 1:
@@ -110,7 +112,8 @@ def generate_from_texts(
             )
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
             for index, row in zip(batch, new_tokens, strict=True):
-                answers[index] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                answers[index] = text.strip() if strip else text
     return answers
 
 

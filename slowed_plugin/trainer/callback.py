@@ -16,16 +16,19 @@ The callback itself only reacts to events:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..checks import SLowEDConfigError
 from ..config import SLowEDConfig
 from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
 from ..log import get_logger
-from ..rules import check_trainer
+from ..rules import anchor_overlap, check_trainer
 from . import patches
+from .anchor import Frontend, SafetyAnchor, trl_frontend
 from .binding import calling_trainer
 from .checkpoint import REFERENCE_FILE, load_reference, save_reference
 from .loss import MaskedCausalLMLoss
@@ -53,12 +56,17 @@ class SLowEDCallback(TrainerCallback):
         if config is not None and kwargs:
             raise ValueError("Pass SLowED settings either as `config` or as keywords, not both.")
         self.config = SLowEDConfig.from_value(config if config is not None else kwargs)
+        if (overlap := anchor_overlap(self.config)) is not None:  # before the model is handed over
+            raise SLowEDConfigError(overlap)
         self.trainer: Trainer | None = None
         self.tuner: SlowTuner | None = None
         self.metrics = SLowEDMetrics(self.config.masking)
         self.patches: patches.Patches | None = None
         self._loss: MaskedCausalLMLoss | None = None
-        self._masked_dataset: Any = None
+        self._train_dataset: Any = None  # the training set SLowED trains on instead (anchor rows, reference mask)
+        self.anchor: SafetyAnchor | None = None
+        # How the anchor rows are prompted and tokenized; None: TRL's SFTTrainer (Axolotl's plugin sets its own).
+        self.anchor_frontend: Callable[[Trainer, dict], Frontend] | None = None
         self._projected_at: int | None = None  # global step of the last projection
         self._seen_listed = False
         self._projections: list[ProjectionReport] = []  # this run's, for the end line and the tau check
@@ -98,8 +106,16 @@ class SLowEDCallback(TrainerCallback):
                 self.metrics.record_mask,
                 lambda: trainer.state.global_step + 1,
             )
-        elif self.config.masking:
-            self._masked_dataset = _reference_masked_dataset(trainer, self.config)
+        dataset = trainer.train_dataset
+        if self.config.anchored:
+            self.anchor = SafetyAnchor(self.config.safety_anchor)
+            make_frontend = self.anchor_frontend or trl_frontend
+            self.anchor.build(trainer, make_frontend(trainer, self.anchor.settings))
+            if self.anchor.mode == "replay":
+                dataset = self.anchor.mixed(dataset)
+        if self.config.masking and not online_masking(self.config):
+            dataset = _reference_masked_dataset(trainer, self.config, dataset)
+        self._train_dataset = dataset if dataset is not trainer.train_dataset else None
         self.trainer = trainer
         self._seen_listed = self in trainer.callback_handler.callbacks
         self._install()
@@ -126,8 +142,8 @@ class SLowEDCallback(TrainerCallback):
             else:
                 patches.install_masked_forward(installed, self._loss.causal, self._loss)
             patches.install_kept_token_count(installed, trainer, self.config)
-        if self._masked_dataset is not None:
-            patches.replace_train_dataset(installed, trainer, lambda _: self._masked_dataset)
+        if self._train_dataset is not None:
+            patches.replace_train_dataset(installed, trainer, lambda _: self._train_dataset)
         if self.tuner is not None:
             write_reference = self._save_reference if self.tuner.dense else None
             patches.install_checkpoint_hook(installed, trainer, self._project_before_checkpoint, write_reference)
@@ -168,6 +184,11 @@ class SLowEDCallback(TrainerCallback):
             )
 
     # ------------------------------------------------------------------ events
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        # The anchor's gradient mode: the accumulated (and clipped) gradient, projected before the optimizer uses it.
+        if self.anchor is not None and self.anchor.mode == "gradient" and self.patches.active:
+            self.anchor.constrain(self.trainer, state.global_step)
+
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if not self._verified:
             if not self.metrics.recorded:
@@ -286,11 +307,10 @@ def _ends_epoch(state: TrainerState) -> bool:
     return state.epoch is not None and float(state.epoch).is_integer() and state.global_step > 0
 
 
-def _reference_masked_dataset(trainer: Trainer, config: SLowEDConfig) -> Any:
-    """`entropy_source: reference`: the training set masked once with the initial model's entropies."""
+def _reference_masked_dataset(trainer: Trainer, config: SLowEDConfig, dataset: Any) -> Any:
+    """`entropy_source: reference`: ``dataset`` masked once with the initial model's entropies."""
     from ..core.reference_mask import apply_reference_mask
 
-    dataset = trainer.train_dataset
     if not (hasattr(dataset, "map") and hasattr(dataset, "__len__") and "input_ids" in dataset.column_names):
         raise ValueError(
             "`entropy_source: reference` needs a tokenized map-style `datasets.Dataset` (with `input_ids`) as "

@@ -35,7 +35,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from ..checks import PYTHON
 from ..evaluation.judges import Judge, load_judge
-from ..monitor_settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values
+from ..monitor_settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values, evaluated_limit
 from .binding import calling_trainer
 
 __all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]
@@ -115,9 +115,7 @@ class SafetyMonitorCallback(TrainerCallback):
         )
         every, max_new_tokens, batch_size = checked["every"], checked["max_new_tokens"], checked["batch_size"]
         min_safety_ratio, limit, seed = checked["min_safety_ratio"], checked["limit"], checked["seed"]
-        if isinstance(prompts, str) and limit is None:
-            limit = 32
-        self.prompts = load_prompts(prompts, limit=limit, seed=seed, column=prompt_column)
+        self.prompts = load_prompts(prompts, limit=evaluated_limit(prompts, limit), seed=seed, column=prompt_column)
         self.judge = load_judge(judge, input_format=judge_format)
         self.every = every
         self.max_new_tokens = max_new_tokens

@@ -17,7 +17,8 @@ model ``forward``         the training loss over the kept targets      :func:`in
 ``log``                   SLowED's metrics on the trainer's own rows   :func:`install_metrics_log`
 ``save_model``            project before a checkpoint; full FT's       :func:`install_checkpoint_hook`
                           start weights inside the checkpoint
-``train_dataset``         ``entropy_source: reference`` masks the      :func:`replace_train_dataset`
+``train_dataset``         the safety anchor's replay rows appended;    :func:`replace_train_dataset`
+                          ``entropy_source: reference`` masks the
                           dataset's labels once
 ========================  ===========================================  =========================================
 
@@ -243,5 +244,6 @@ def install_checkpoint_hook(
 
 
 def replace_train_dataset(patches: Patches, trainer: Trainer, make: Callable[[Any], Any]) -> None:
-    """``trainer.train_dataset = make(trainer.train_dataset)`` (the reference mask), put back when undone."""
+    """``trainer.train_dataset = make(trainer.train_dataset)`` (anchor rows, the reference mask), put back when
+    undone."""
     patches.replace(trainer, "train_dataset", make)
