@@ -69,6 +69,45 @@ BAD_VALUES = {
         {"tau": 1, "mask_ratio": 0.2, "mask_ration": 0.1},
         ["`slowed.mask_ration` is not a SLowED key", "mask_ratio"],
     ),
+    "anchor not a mapping": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": "prompts.txt"},
+        ["`slowed.safety_anchor`", "got 'prompts.txt'", "must be a mapping such as {prompts:"],
+        ["`safety_anchor`", "got 'prompts.txt'", "must be a mapping such as {'prompts':"],
+    ),
+    "anchor without prompts": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": {"ratio": 0.05}},
+        ["`slowed.safety_anchor.prompts` is required", "harmful requests", "`safety_anchor: {prompts:"],
+        ["`safety_anchor.prompts` is required", "harmful requests", "`safety_anchor={'prompts':"],
+    ),
+    "anchor mode": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": {"prompts": ["p"], "mode": "mixed"}},
+        ["`slowed.safety_anchor.mode`", "got 'mixed'", "one of replay, gradient"],
+    ),
+    "anchor ratio one": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": {"prompts": ["p"], "ratio": 1}},
+        ["`slowed.safety_anchor.ratio`", "got 1", "0 < ratio < 1"],
+    ),
+    "anchor ratio percent": (
+        {"tau": 1, "mask_ratio": 0.2, "safety_anchor": {"prompts": ["p"], "ratio": 5}},
+        ["`slowed.safety_anchor.ratio`", "got 5", "0 < ratio < 1"],
+    ),
+    "anchor unknown key": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": {"prompts": ["p"], "rate": 0.1}},
+        ["`slowed.safety_anchor.rate` is not a safety anchor key", "got 0.1", "allowed keys: prompts"],
+    ),
+    "anchor empty prompts": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": {"prompts": []}},
+        ["`slowed.safety_anchor.prompts`", "got []", "non-empty list of strings"],
+    ),
+    "anchor batch size": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": {"prompts": ["p"], "replay_batch_size": 0}},
+        ["`slowed.safety_anchor.replay_batch_size`", "got 0", "positive integer"],
+    ),
+    "anchor cache": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": {"prompts": ["p"], "cache": "yes"}},
+        ["`slowed.safety_anchor.cache`", "got 'yes'", "true or false"],
+        ["`safety_anchor.cache`", "got 'yes'", "True or False"],
+    ),
     "tau missing": (
         {"mask_ratio": 0.2},
         ["`slowed.tau` is required", "`slowed: {tau: 10.0, mask_ratio: 0.2}`", "tau: null"],

@@ -57,7 +57,7 @@ def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
 
     The format is read from the raw columns TRL keeps beside the tokens: ``messages`` or a conversational
     ``prompt``/``completion`` (prompted through the chat template), a plain ``prompt``/``completion``, or ``text``
-    (both prompted raw). ``use_chat_template`` true/false overrides the conversational/plain choice.
+    (both prompted raw; ``use_chat_template: true`` renders a text row's prompt through the chat template).
     """
     from ..evaluation.generation import chat_prompts
 
@@ -73,8 +73,15 @@ def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
         )
     tokenizer = trainer.processing_class
     layout, conversational = _trl_layout(trainer.train_dataset)
-    if settings["use_chat_template"] is not None:
-        conversational = settings["use_chat_template"]
+    forced = settings["use_chat_template"]
+    if forced is not None and layout == "text":
+        conversational = forced  # a text row is whatever the prompt was rendered as, plus the answer
+    elif forced is not None and forced != conversational:
+        kind = "conversational" if conversational else "plain (no chat template)"
+        raise ValueError(
+            f"`safety_anchor.use_chat_template` is {forced!r}, but the training set's {layout} rows are {kind}, and "
+            "TRL prepares the anchor rows the same way; leave it null (follow the training set)."
+        )
     if conversational:
         chat_prompts(tokenizer, ["x"], True)  # one clear error when the tokenizer has no template
 
