@@ -424,6 +424,40 @@ def _sharded_axolotl(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _anchored(config: SLowEDConfig) -> bool:
+    return config.anchored
+
+
+ANCHOR_DATASET_TYPES = ("alpaca", "chat_template")
+
+
+def _first_dataset_type(cfg: Mapping[str, Any]) -> Any:
+    # A mapping as written, or the dataset model Axolotl's validation has already built from it.
+    datasets = cfg.get("datasets") or []
+    first = datasets[0] if datasets else None
+    return first.get("type") if isinstance(first, Mapping) else getattr(first, "type", None)
+
+
+def anchor_dataset_type(cfg: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``(base type, prompt style)`` of an Axolotl recipe's first dataset, parsed as Axolotl parses ``type:``."""
+    kind = _first_dataset_type(cfg)
+    if not isinstance(kind, str):
+        return None, None
+    base, _, style = kind.partition(":")
+    return base, style or None
+
+
+def unsupported_anchor_dataset(cfg: Mapping[str, Any]) -> str | None:
+    """Why the anchor cannot write its rows in this recipe's data format, or None."""
+    if anchor_dataset_type(cfg)[0] in ANCHOR_DATASET_TYPES:
+        return None
+    return (
+        "`slowed.safety_anchor` writes its rows in the format of the first dataset and supports "
+        f"`type: {' / '.join(ANCHOR_DATASET_TYPES)}` (alpaca with its styles); got `type: {_first_dataset_type(cfg)}`. "
+        "Put an alpaca or chat_template dataset first, or drop the anchor."
+    )
+
+
 def anchor_overlap(config: SLowEDConfig) -> str | None:
     """The refusal of an anchor whose prompts are also the safety monitor's (evaluated) prompts, or None.
 
@@ -572,6 +606,13 @@ RULES: tuple[Rule, ...] = (
         trl_trainer=_sharded_trainer,
         axolotl=_sharded_axolotl,
         reads=("deepspeed", "fsdp", "fsdp_config"),
+    ),
+    Rule(
+        "safety anchor: alpaca or chat_template data (Axolotl)",
+        _anchored,
+        "the anchor rows are written in the first dataset's format and tokenized by its Axolotl prompt strategy.",
+        axolotl=unsupported_anchor_dataset,
+        reads=("datasets",),
     ),
     Rule(
         "no context parallelism",

@@ -21,6 +21,7 @@ from ..config import SLowEDConfig
 from ..rules import listed_plugin
 from ..trainer.callback import SLowEDCallback
 from . import PLUGIN_NAME
+from .anchor import axolotl_frontend, recount_steps
 from .args import checked_config
 
 # Axolotl's console shows INFO only from loggers named `axolotl*`; the startup line must reach it.
@@ -64,8 +65,15 @@ class SLowEDPlugin(BasePlugin):
             LOG.info(f"{config.describe()} (`slowed:` turns both off; the trainer is left unchanged)")
             return []
         callback = SLowEDCallback(config)
-        callback.attach(trainer)
-        # One console: the callback's end line and tau warning go through Axolotl's logger; the start line is this one.
+        # One console: the callback's lines (the anchor's, the end line, the tau warning) go through Axolotl's
+        # logger; the start line is this one.
         callback.log, callback.announce_start = LOG, False
+        if config.anchored:
+            callback.anchor_frontend = axolotl_frontend(cfg)
+        callback.attach(trainer)
+        if config.anchored and config.safety_anchor["mode"] == "replay":
+            steps = recount_steps(cfg, trainer)
+            if steps is not None:
+                LOG.info(f"SLowED: safety anchor: {steps} optimizer steps with the anchor rows (Axolotl's count).")
         LOG.info(config.describe())
         return [callback]

@@ -133,8 +133,9 @@ class SafetyAnchor:
     """The anchor of one trainer: ``rows`` (the starting model's answers), their tokenized ``dataset``, and the
     gradient mode's step rule. Built by :meth:`build` when SLowED attaches."""
 
-    def __init__(self, settings: Mapping[str, Any]) -> None:
+    def __init__(self, settings: Mapping[str, Any], log: Any = logger) -> None:
         self.settings = dict(settings)
+        self.log = log
         self.mode: str = self.settings["mode"]
         self.rows: list[AnchorRow] = []
         self.dataset: Any = None
@@ -198,7 +199,7 @@ class SafetyAnchor:
             else "as the gradient constraint's reference"
         )
         share = "n/a" if self.refusal_share is None else f"{self.refusal_share:.0%}"
-        logger.info(
+        self.log.info(
             "SLowED: safety anchor: %d rows (%d harmful, %d benign) answered by the starting model, %s, %s; "
             "the refusal judge calls %s of the harmful answers refusals.",
             len(self.rows),
@@ -210,7 +211,7 @@ class SafetyAnchor:
         )
         minimum = self.settings["min_refusal_share"]
         if self.refusal_share is not None and self.refusal_share < minimum:
-            logger.warning(
+            self.log.warning(
                 "SLowED: safety anchor: only %.0f%% of the starting model's harmful answers are refusals "
                 "(min_refusal_share=%g): an anchor preserves what the model already does, so this one preserves "
                 "little safety. Check the prompts' format (use_chat_template) or start from an aligned model.",

@@ -108,7 +108,7 @@ class SLowEDCallback(TrainerCallback):
             )
         dataset = trainer.train_dataset
         if self.config.anchored:
-            self.anchor = SafetyAnchor(self.config.safety_anchor)
+            self.anchor = SafetyAnchor(self.config.safety_anchor, log=self.log)
             make_frontend = self.anchor_frontend or trl_frontend
             self.anchor.build(trainer, make_frontend(trainer, self.anchor.settings))
             if self.anchor.mode == "replay":
@@ -224,6 +224,11 @@ class SLowEDCallback(TrainerCallback):
             line = _end_line(self.tuner, self._projections)  # on every rank: sharded norms are gathered
             if state.is_world_process_zero:
                 self.log.info(line)
+        if self.anchor is not None and self.anchor.mode == "gradient" and state.is_world_process_zero:
+            self.log.info(
+                f"SLowED: safety anchor: the gradient was projected at {self.anchor.projected_steps} of "
+                f"{self.anchor.constrained_steps} optimizer steps (where it would have raised the anchor loss)."
+            )
         if self.patches is not None:
             self.patches.undo()
 

@@ -1,0 +1,86 @@
+"""The safety anchor under Axolotl: rows prompted and tokenized by Axolotl's own prompt strategy, and the step
+count Axolotl fixed before the rows existed.
+
+The anchor rows are written in the format of the recipe's first dataset (``type: alpaca`` and its styles, or
+``type: chat_template``), tokenized by Axolotl's ``get_dataset_wrapper`` with that dataset's settings, filtered
+and given packing columns by Axolotl's own ``handle_long_seq_in_dataset`` and ``process_datasets_for_packing``, so
+that they are trained exactly like the recipe's rows (``train_on_inputs``, chat template, sample packing).
+Axolotl computes ``max_steps`` from the dataset before the trainer exists; with replay rows appended it is
+computed again by Axolotl's ``calculate_total_num_steps`` (unless the recipe sets ``max_steps``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..anchor.answers import AnchorRow
+from ..rules import anchor_dataset_type, unsupported_anchor_dataset
+from ..trainer.anchor import Frontend
+
+
+def axolotl_frontend(cfg: Any) -> Callable[[Any, Mapping[str, Any]], Frontend]:
+    """The frontend for ``SLowEDCallback.anchor_frontend`` under the Axolotl config ``cfg``."""
+
+    def make(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
+        from axolotl.prompters import AlpacaPrompter
+        from axolotl.utils.dict import DictDefault
+
+        problem = unsupported_anchor_dataset(cfg)
+        if problem is not None:
+            raise ValueError(problem)
+        base, style = anchor_dataset_type(cfg)
+        dataset_config = DictDefault(dict(cfg["datasets"][0]))
+        tokenizer = trainer.processing_class
+        if base == "alpaca":
+            prompter = AlpacaPrompter(style)
+
+            def render(prompt: str) -> str:
+                return "".join(prompter.build_prompt(prompt))
+
+            def record(row: AnchorRow) -> dict[str, Any]:
+                return {"instruction": row.prompt, "input": "", "output": row.answer}
+
+            add_special_tokens = True  # Axolotl's alpaca strategy tokenizes the prompt with the BOS
+        else:
+            field = dataset_config.get("field_messages") or "messages"
+
+            def render(prompt: str) -> str:
+                user = [{"role": "user", "content": prompt}]
+                return tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+
+            def record(row: AnchorRow) -> dict[str, Any]:
+                turns = [{"role": "user", "content": row.prompt}, {"role": "assistant", "content": row.answer.strip()}]
+                return {field: turns}
+
+            add_special_tokens = False  # the rendered template holds its own special tokens
+
+        def tokenize(rows: Sequence[AnchorRow]) -> Any:
+            import datasets
+            from axolotl.utils.data.utils import handle_long_seq_in_dataset
+            from axolotl.utils.data.wrappers import get_dataset_wrapper
+            from axolotl.utils.trainer import process_datasets_for_packing
+
+            raw = datasets.Dataset.from_list([record(r) for r in rows])
+            tokenized, _ = get_dataset_wrapper(dataset_config, tokenizer, cfg, base, raw, style)
+            tokenized = handle_long_seq_in_dataset(tokenized, cfg.sequence_len, cfg)
+            return process_datasets_for_packing(cfg, tokenized, None)[0]
+
+        return Frontend(render, add_special_tokens, tokenize)
+
+    return make
+
+
+def recount_steps(cfg: Any, trainer: Any) -> int | None:
+    """Axolotl's step count for the training set with the replay rows, written to ``trainer.args.max_steps``;
+    None (and nothing changed) when the recipe sets ``max_steps`` itself."""
+    from axolotl.utils.trainer import calculate_total_num_steps
+
+    if cfg.get("max_steps"):
+        return None
+    # Axolotl keeps the token counts of the dataset it measured; the mixed one is measured afresh.
+    cfg["total_num_tokens"] = None
+    cfg["total_supervised_tokens"] = None
+    steps = calculate_total_num_steps(cfg, trainer.train_dataset)
+    trainer.args.max_steps = steps
+    return steps

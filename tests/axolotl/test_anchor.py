@@ -1,0 +1,106 @@
+"""The safety anchor through the real ``axolotl train`` (CPU, offline, tiny local models).
+
+Two runs start together from ``recipes/tiny-cpu.yaml``:
+
+- ``replay``: the recipe (LoRA, alpaca, tau and masking on) plus a replay anchor at ratio 0.2, 2 epochs;
+- ``gradient``: QLoRA-free chat_template data with sample packing, anchor in gradient mode, SLowED off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from axolotl_helpers import load_recipe, seeded, start_runs
+
+from slowed_plugin.anchor import replay_row_count
+from slowed_plugin.data import cot_tiny_rows
+
+pytestmark = pytest.mark.slow
+
+TAU = 0.05
+# Stand-ins in the tiny tokenizer's vocabulary (every bundled row is also a training row of the recipe; what
+# matters here is the wiring, not what the prompts say).
+_PROMPTS = [row["prompt"] for row in cot_tiny_rows()[:12]]
+ANCHOR = {"prompts": _PROMPTS[:6], "benign_prompts": _PROMPTS[6:], "max_new_tokens": 8, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from slowed_plugin.axolotl.tiny_assets import build
+
+    workdir = tmp_path_factory.mktemp("axolotl-anchor")
+    build(workdir / "slowed-tiny", families=("llama",))
+    recipe = load_recipe()
+
+    def named(name: str, config: dict) -> dict:
+        return {**config, "output_dir": f"./outputs/{name}", "dataset_prepared_path": f"./prepared/{name}"}
+
+    chat = {
+        "datasets": [
+            {
+                "path": "./slowed-tiny/cot_chat.jsonl",
+                "ds_type": "json",
+                "type": "chat_template",
+                "field_messages": "messages",
+                "chat_template": "tokenizer_default",
+            }
+        ],
+        "sample_packing": True,
+        "micro_batch_size": 1,
+        "num_epochs": 1,
+        "val_set_size": 0.0,
+    }
+    configs = {
+        "replay": named(
+            "replay", seeded({**recipe, "slowed": {**recipe["slowed"], "safety_anchor": {**ANCHOR, "ratio": 0.2}}})
+        ),
+        "gradient": named(
+            "gradient",
+            seeded(
+                {
+                    **{k: v for k, v in recipe.items() if k != "eval_steps"},
+                    **chat,
+                    "slowed": {"tau": None, "mask_ratio": 0, "safety_anchor": {**ANCHOR, "mode": "gradient"}},
+                }
+            ),
+        ),
+    }
+    return start_runs(workdir, configs)
+
+
+def _cached_rows(run) -> list[dict]:
+    files = sorted((run.output_dir / "slowed-anchor").glob("anchor-*.json"))
+    assert len(files) == 1, files
+    with open(files[0], encoding="utf-8") as handle:
+        return json.load(handle)["rows"]
+
+
+def test_replay_rows_are_generated_cached_and_trained_for_every_epoch(runs):
+    run = runs["replay"].check()
+    rows = _cached_rows(run)
+    n_train = math.ceil(len(cot_tiny_rows()) * (1 - run.config["val_set_size"]))  # Axolotl's split
+    # Axolotl's split rounds one way or the other; the anchor's count follows the trained set.
+    assert len(rows) in {replay_row_count(n, 0.2) for n in (n_train - 1, n_train)}
+    assert {r["kind"] for r in rows} == {"harmful", "benign"}
+    assert f"SLowED: safety anchor: {len(rows)} rows" in run.log
+    # Axolotl fixed max_steps from the dataset before the rows existed; it is counted again, Axolotl's way, for the
+    # mixed set, and the run trains all of it (without the recount it would stop after the unanchored count).
+    recount = re.search(r"SLowED: safety anchor: (\d+) optimizer steps with the anchor rows", run.log)
+    assert recount, run.log[-2000:]
+    batch = run.config["micro_batch_size"] * run.config["gradient_accumulation_steps"]
+    unanchored = math.ceil(n_train * run.config["num_epochs"] / batch)  # Axolotl's formula without packing
+    assert run.state()["global_step"] == int(recount.group(1)) > unanchored
+    assert max(run.adapter_norms().values()) <= TAU * (1 + 1e-5)  # Slow Tuning still holds beside the anchor
+
+
+def test_gradient_mode_with_packed_chat_data_constrains_every_step(runs):
+    run = runs["gradient"].check()
+    rows = _cached_rows(run)
+    assert len(rows) == len(_PROMPTS)  # gradient mode: every prompt once
+    assert "as the gradient constraint's reference" in run.log
+    steps = run.state()["global_step"]
+    assert steps > 0
+    assert f"of {steps} optimizer steps" in run.log  # the constraint ran at every one of them
