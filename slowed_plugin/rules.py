@@ -634,6 +634,8 @@ def axolotl_facts(cfg: Mapping[str, Any]) -> dict[str, Any]:
     facts = {key: cfg.get(key) for key in AXOLOTL_KEYS}
     for key in _SIZES:
         facts[key] = facts[key] if _above_one(facts[key]) else None
+    # The rules read only the first dataset's type (written as a mapping, or already Axolotl's dataset model).
+    facts["datasets"] = anchor_dataset_type(cfg)
     return facts
 
 

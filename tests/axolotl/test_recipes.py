@@ -302,3 +302,19 @@ def test_an_axolotl_example_recipe_plus_two_lines_checks_and_validates(tmp_path,
         manager.plugins.clear()
         manager.plugins.update(saved)
     assert SLowEDConfig.from_value(validated.slowed) == SLowEDConfig(tau=10.0, mask_ratio=0.2)
+
+
+ANCHORED = [name for name in NAMES if "# safety_anchor:" in (RECIPES / name).read_text(encoding="utf-8")]
+
+
+def test_the_slowed_and_qlora_recipes_offer_the_anchor():
+    assert set(ANCHORED) == {n for n in NAMES if n.endswith("-slowed.yaml") or n.startswith("qlora-")}
+
+
+@pytest.mark.parametrize("name", ANCHORED)
+def test_the_commented_anchor_lines_are_a_valid_setting_once_uncommented(name):
+    text = (RECIPES / name).read_text(encoding="utf-8")
+    uncommented = re.sub(r"^  # (safety_anchor:|  \w+:)", r"  \1", text, flags=re.M)
+    config = SLowEDConfig.from_value(yaml.safe_load(uncommented)["slowed"], key="slowed")
+    assert config.anchored and config.safety_anchor["ratio"] == 0.05
+    assert config.safety_anchor["prompts"] != config.safety_anchor["benign_prompts"]

@@ -46,6 +46,31 @@ def test_two_ranks_match_one_process(llama_dir, cot_rows, tmp_path):
 
 
 @pytest.mark.slow
+def test_gradient_anchor_on_two_ranks_matches_one_process(llama_dir, cot_rows, tmp_path):
+    """The anchor rows are generated once (rank 0 first, then read from its cache) and every rank projects with
+    the same reference batch: the projected gradient is the one-process one, the adapters identical."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in cot_rows[:4]))
+    script = os.path.join(HERE, "ddp_train.py")
+    _run([sys.executable, script, llama_dir, str(data), str(tmp_path / "single"), "4", "gradient"])
+    _run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535", script]
+        + [llama_dir, str(data), str(tmp_path / "ddp"), "2", "gradient"]
+    )
+    single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=False)
+    ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["anchor"] == ranks[1]["anchor"] == single["anchor"]
+    # 4 steps: the constraint projected at least one of them, at the same steps in both runs.
+    assert ranks[0]["projected"] == ranks[1]["projected"] == single["projected"] > 0
+    for name, grad in single["grads"].items():
+        torch.testing.assert_close(ranks[0]["grads"][name], grad, rtol=1e-4, atol=1e-6)
+    for name, value in single["adapter"].items():
+        assert torch.equal(ranks[0]["adapter"][name], ranks[1]["adapter"][name]), name
+        # After 4 AdamW steps the float rounding of the gradient reduction has grown to a few 1e-6.
+        torch.testing.assert_close(ranks[0]["adapter"][name], value, rtol=1e-4, atol=2e-5)
+
+
+@pytest.mark.slow
 def test_slow_tuning_on_fsdp2_shards_matches_unsharded(llama_dir, tmp_path):
     # The Trainer does not run FSDP on CPU, so this drives torch's own FSDP2 (`fully_shard`, DTensor
     # parameters, gloo) directly: the tuner is built before sharding, as under accelerate.
