@@ -458,6 +458,24 @@ def unsupported_anchor_dataset(cfg: Mapping[str, Any]) -> str | None:
     )
 
 
+def anchor_missing_file(config: SLowEDConfig) -> str | None:
+    """The refusal of an anchor prompt source that names a local file that is not there, or None (before the model
+    loads: otherwise the name would be taken for a hub dataset id and fail after it)."""
+    if not config.anchored:
+        return None
+    from .evaluation.prompts import LOCAL_SUFFIXES
+
+    for key in ("prompts", "benign_prompts"):
+        source = config.safety_anchor[key]
+        if isinstance(source, str) and source.lower().endswith(LOCAL_SUFFIXES) and not os.path.isfile(source):
+            return (
+                f"`safety_anchor.{key}` names a local file that does not exist: {source!r} (relative paths resolve "
+                f"against the folder you run from, here {os.getcwd()!r}); give an existing .txt/.csv/.jsonl/.json "
+                "file, a list of prompts, or a hub dataset id."
+            )
+    return None
+
+
 def anchor_overlap(config: SLowEDConfig) -> str | None:
     """The refusal of an anchor whose prompts are also the safety monitor's (evaluated) prompts, or None.
 
@@ -641,7 +659,7 @@ def axolotl_facts(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- front ends
 def _problems(config: SLowEDConfig, find: Callable[[Rule], Callable[[], str | None] | None]) -> list[str]:
-    found = [message] if (message := anchor_overlap(config)) is not None else []
+    found = [message] if (message := anchor_missing_file(config) or anchor_overlap(config)) is not None else []
     for rule in RULES:
         if rule.applies(config) and (probe := find(rule)) is not None and (message := probe()) is not None:
             found.append(message)

@@ -26,7 +26,7 @@ from ..config import SLowEDConfig
 from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
 from ..log import get_logger
-from ..rules import anchor_overlap, check_trainer
+from ..rules import anchor_missing_file, anchor_overlap, check_trainer
 from . import patches
 from .anchor import Frontend, SafetyAnchor, trl_frontend
 from .binding import calling_trainer
@@ -56,8 +56,9 @@ class SLowEDCallback(TrainerCallback):
         if config is not None and kwargs:
             raise ValueError("Pass SLowED settings either as `config` or as keywords, not both.")
         self.config = SLowEDConfig.from_value(config if config is not None else kwargs)
-        if (overlap := anchor_overlap(self.config)) is not None:  # before the model is handed over
-            raise SLowEDConfigError(overlap)
+        problem = anchor_missing_file(self.config) or anchor_overlap(self.config)
+        if problem is not None:  # before the model is handed over
+            raise SLowEDConfigError(problem)
         self.trainer: Trainer | None = None
         self.tuner: SlowTuner | None = None
         self.metrics = SLowEDMetrics(self.config.masking)

@@ -206,3 +206,16 @@ def test_gradient_mode_is_refused_with_deepspeed_from_the_arguments(tmp_path):
     with pytest.raises(SLowEDConfigError, match="`mode: gradient` is not supported with DeepSpeed"):
         check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor(mode="gradient")), args)
     check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor()), args)  # replay is fine
+
+
+def test_a_missing_prompt_file_is_refused_before_any_model_load(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = dict(tau=None, mask_ratio=0, safety_anchor={"prompts": "data/anchor_harmful.txt"})
+    with pytest.raises(SLowEDConfigError) as error:
+        SLowEDCallback(**settings)
+    message = str(error.value)
+    assert "\n" not in message and "`safety_anchor.prompts` names a local file that does not exist" in message
+    assert "'data/anchor_harmful.txt'" in message and str(tmp_path) in message
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "anchor_harmful.txt").write_text("how do i pick a lock ?\n", encoding="utf-8")
+    SLowEDCallback(**settings)  # there now: accepted
