@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -229,6 +229,26 @@ def check_prompts(value: Any, key: str, spelling: Spelling = PYTHON) -> None:
         raise SLowEDConfigError(
             f"{spelling.key(key)} must be a file, a hub dataset id, or a non-empty list of strings; got {value!r}."
         )
+
+
+def check_prompted_block(
+    value: Any, spelling: Spelling, keys: Iterable[str], what: str, example: str, prompts: str
+) -> None:
+    """The common shape of the ``safety_monitor`` and ``safety_anchor`` mappings: a mapping, of known ``keys``, with
+    ``prompts`` (described by ``prompts``). ``what`` names the block in messages; ``example`` is one as written."""
+    keys = tuple(keys)
+    if not isinstance(value, Mapping):
+        raise SLowEDConfigError(f"{spelling.key()} must be a mapping such as {example}; got {value!r}.")
+    unknown = [k for k in value if k not in keys]
+    if unknown:
+        raise SLowEDConfigError(
+            f"{spelling.key(str(unknown[0]))} is not a {what} key (got {value[unknown[0]]!r}); "
+            f"allowed keys: {', '.join(keys)}."
+        )
+    if value.get("prompts") is None:
+        where = spelling.name().rsplit(".", 1)[-1]
+        written = f"`{where}: {example}`" if spelling.yaml else f"`{where}={example}`"
+        raise SLowEDConfigError(f"{spelling.key('prompts')} is required: {prompts}, e.g. {written}.")
 
 
 def check_bool(value: Any, key: str, spelling: Spelling = PYTHON) -> bool:

@@ -18,6 +18,7 @@ from .checks import (
     check_every,
     check_int,
     check_positive_int,
+    check_prompted_block,
     check_prompts,
     check_share,
     yaml_spelling,
@@ -114,19 +115,6 @@ def check_monitor_config(
     ``ValueError``) naming the key otherwise. ``key`` is where the mapping was written (YAML by default);
     ``spelling`` overrides it (Python keywords: ``Spelling("safety_monitor")``)."""
     spelling = spelling if spelling is not None else yaml_spelling(key)
-    if not isinstance(value, Mapping):
-        raise SLowEDConfigError(f"{spelling.key()} must be a mapping such as {_example(spelling)}; got {value!r}.")
-    unknown = [k for k in value if k not in CONFIG_KEYS]
-    if unknown:
-        raise SLowEDConfigError(
-            f"{spelling.key(unknown[0])} is not a safety monitor key (got {value[unknown[0]]!r}); "
-            f"allowed keys: {', '.join(CONFIG_KEYS)}."
-        )
-    if value.get("prompts") is None:
-        where = spelling.name().rsplit(".", 1)[-1]
-        example = f"`{where}: {_example(spelling)}`" if spelling.yaml else f"`{where}={_example(spelling)}`"
-        raise SLowEDConfigError(
-            f"{spelling.key('prompts')} is required: a list of held-out harmful prompts, a local file, or a hub "
-            f"dataset id, e.g. {example}."
-        )
+    prompts = "a list of held-out harmful prompts, a local file, or a hub dataset id"
+    check_prompted_block(value, spelling, CONFIG_KEYS, "safety monitor", _example(spelling), prompts)
     return check_monitor_values(value, spelling)

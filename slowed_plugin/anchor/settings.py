@@ -6,7 +6,6 @@ block when it is read, before any model is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from ..checks import (
@@ -17,6 +16,7 @@ from ..checks import (
     check_choice,
     check_int,
     check_positive_int,
+    check_prompted_block,
     check_prompts,
     check_share,
     shown,
@@ -77,21 +77,8 @@ def check_anchor_config(value: Any, spelling: Spelling | None = None) -> dict[st
     """The mapping with every key checked and every default filled in; one-line :class:`SLowEDConfigError`
     naming the key otherwise. ``spelling``: where the mapping was written (``slowed.safety_anchor`` by default)."""
     spelling = spelling if spelling is not None else yaml_spelling("slowed.safety_anchor")
-    if not isinstance(value, Mapping):
-        raise SLowEDConfigError(f"{spelling.key()} must be a mapping such as {_example(spelling)}; got {value!r}.")
-    unknown = [k for k in value if k not in CONFIG_KEYS]
-    if unknown:
-        raise SLowEDConfigError(
-            f"{spelling.key(str(unknown[0]))} is not a safety anchor key (got {value[unknown[0]]!r}); "
-            f"allowed keys: {', '.join(CONFIG_KEYS)}."
-        )
-    if value.get("prompts") is None:
-        where = spelling.name().rsplit(".", 1)[-1]
-        example = f"`{where}: {_example(spelling)}`" if spelling.yaml else f"`{where}={_example(spelling)}`"
-        raise SLowEDConfigError(
-            f"{spelling.key('prompts')} is required: harmful requests (not the evaluated ones) as a list, a local "
-            f"file, or a hub dataset id, e.g. {example}."
-        )
+    prompts = "harmful requests (not the evaluated ones) as a list, a local file, or a hub dataset id"
+    check_prompted_block(value, spelling, CONFIG_KEYS, "safety anchor", _example(spelling), prompts)
     out = {**DEFAULTS, **value}
     check_prompts(out["prompts"], "prompts", spelling)
     if out["benign_prompts"] is not None:

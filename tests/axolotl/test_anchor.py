@@ -13,7 +13,7 @@ import math
 import re
 
 import pytest
-from axolotl_helpers import load_recipe, seeded, start_runs
+from axolotl_helpers import CHAT_DATASET, load_recipe, seeded, start_runs
 
 from slowed_plugin.anchor import replay_row_count
 from slowed_plugin.data import cot_tiny_rows
@@ -39,15 +39,7 @@ def runs(tmp_path_factory):
         return {**config, "output_dir": f"./outputs/{name}", "dataset_prepared_path": f"./prepared/{name}"}
 
     chat = {
-        "datasets": [
-            {
-                "path": "./slowed-tiny/cot_chat.jsonl",
-                "ds_type": "json",
-                "type": "chat_template",
-                "field_messages": "messages",
-                "chat_template": "tokenizer_default",
-            }
-        ],
+        "datasets": [CHAT_DATASET],
         "sample_packing": True,
         "micro_batch_size": 1,
         "num_epochs": 1,

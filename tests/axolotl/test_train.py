@@ -18,7 +18,7 @@ import math
 
 import pytest
 import torch
-from axolotl_helpers import load_recipe, seeded, start_runs, without_slowed
+from axolotl_helpers import CHAT_DATASET, load_recipe, seeded, start_runs, without_slowed
 
 pytestmark = pytest.mark.slow
 
@@ -78,15 +78,7 @@ def runs(tiny):
                 "base_model": "./slowed-tiny/qwen2",
                 "adapter": "qlora",
                 "load_in_4bit": True,
-                "datasets": [
-                    {
-                        "path": "./slowed-tiny/cot_chat.jsonl",
-                        "ds_type": "json",
-                        "type": "chat_template",
-                        "field_messages": "messages",
-                        "chat_template": "tokenizer_default",
-                    }
-                ],
+                "datasets": [CHAT_DATASET],
                 "slowed": {"tau": TAU, "mask_ratio": _qlora_mask_ratio(tiny)},
             },
         ),

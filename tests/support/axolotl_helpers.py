@@ -217,6 +217,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# The bundled rows as chat_template data (written by slowed_plugin.axolotl.tiny_assets beside the alpaca file).
+CHAT_DATASET = {
+    "path": "./slowed-tiny/cot_chat.jsonl",
+    "ds_type": "json",
+    "type": "chat_template",
+    "field_messages": "messages",
+    "chat_template": "tokenizer_default",
+}
+
+
 def seeded(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with the test plugin that makes LoRA's initialisation the same in every run."""
     return {**config, "plugins": [*(config.get("plugins") or []), SEED_PLUGIN]}
