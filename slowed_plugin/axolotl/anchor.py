@@ -81,6 +81,6 @@ def recount_steps(cfg: Any, trainer: Any) -> int | None:
     # Axolotl keeps the token counts of the dataset it measured; the mixed one is measured afresh.
     cfg["total_num_tokens"] = None
     cfg["total_supervised_tokens"] = None
-    steps = calculate_total_num_steps(cfg, trainer.train_dataset)
+    steps = int(calculate_total_num_steps(cfg, trainer.train_dataset))  # a float with sample packing
     trainer.args.max_steps = steps
     return steps

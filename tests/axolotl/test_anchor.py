@@ -1,9 +1,10 @@
 """The safety anchor through the real ``axolotl train`` (CPU, offline, tiny local models).
 
-Two runs start together from ``recipes/tiny-cpu.yaml``:
+Three runs start together from ``recipes/tiny-cpu.yaml``:
 
 - ``replay``: the recipe (LoRA, alpaca, tau and masking on) plus a replay anchor at ratio 0.2, 2 epochs;
-- ``gradient``: QLoRA-free chat_template data with sample packing, anchor in gradient mode, SLowED off.
+- ``packed``: chat_template data with sample packing, a replay anchor and masking;
+- ``gradient``: the same data, the anchor in gradient mode, SLowED off.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def runs(tmp_path_factory):
         "replay": named(
             "replay", seeded({**recipe, "slowed": {**recipe["slowed"], "safety_anchor": {**ANCHOR, "ratio": 0.2}}})
         ),
+        "packed": named(
+            "packed",
+            seeded(
+                {
+                    **{k: v for k, v in recipe.items() if k != "eval_steps"},
+                    **chat,
+                    "slowed": {"tau": None, "mask_ratio": 0.2, "safety_anchor": {**ANCHOR, "ratio": 0.2}},
+                }
+            ),
+        ),
         "gradient": named(
             "gradient",
             seeded(
@@ -86,6 +97,16 @@ def test_replay_rows_are_generated_cached_and_trained_for_every_epoch(runs):
     unanchored = math.ceil(n_train * run.config["num_epochs"] / batch)  # Axolotl's formula without packing
     assert run.state()["global_step"] == int(recount.group(1)) > unanchored
     assert max(run.adapter_norms().values()) <= TAU * (1 + 1e-5)  # Slow Tuning still holds beside the anchor
+
+
+def test_replay_rows_are_packed_with_the_chat_data(runs):
+    run = runs["packed"].check()
+    rows = _cached_rows(run)
+    assert f"SLowED: safety anchor: {len(rows)} rows" in run.log
+    recount = re.search(r"SLowED: safety anchor: (\d+) optimizer steps with the anchor rows", run.log)
+    assert recount and run.state()["global_step"] == int(recount.group(1))
+    fractions = [e["slowed/masked_fraction"] for e in run.train_logs]
+    assert fractions and all(0 < f <= 0.2 + 1e-9 for f in fractions)  # masking runs on the packed rows
 
 
 def test_gradient_mode_with_packed_chat_data_constrains_every_step(runs):
