@@ -57,7 +57,8 @@ def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
 
     The format is read from the raw columns TRL keeps beside the tokens: ``messages`` or a conversational
     ``prompt``/``completion`` (prompted through the chat template), a plain ``prompt``/``completion``, or ``text``
-    (both prompted raw; ``use_chat_template: true`` renders a text row's prompt through the chat template).
+    (both prompted raw; ``use_chat_template: true`` renders a text row's prompt through the chat template). A set
+    TRL packed keeps none of them, so ``use_chat_template`` must say which (rows as prompt and completion).
     """
     from ..evaluation.generation import chat_prompts
 
@@ -74,7 +75,15 @@ def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
     tokenizer = trainer.processing_class
     layout, conversational = _trl_layout(trainer.train_dataset)
     forced = settings["use_chat_template"]
-    if forced is not None and layout == "text":
+    if layout == "packed":
+        if forced is None:
+            raise ValueError(
+                "`safety_anchor.use_chat_template` must be set (true or false) when TRL packs the training set: "
+                "packing drops the columns that show whether its rows are conversational, and the anchor rows must "
+                "be in the same format (true: through the chat template; false: plain prompt and completion)."
+            )
+        conversational = forced
+    elif forced is not None and layout == "text":
         conversational = forced  # a text row is whatever the prompt was rendered as, plus the answer
     elif forced is not None and forced != conversational:
         kind = "conversational" if conversational else "plain (no chat template)"
@@ -122,6 +131,8 @@ def _trl_layout(dataset: Any) -> tuple[str, bool]:
         return "prompt_completion", not isinstance(dataset[0]["prompt"], str)
     if "text" in columns:
         return "text", False
+    if "input_ids" in columns and "seq_lengths" in columns:  # packed by TRL (bfd): the raw columns are gone
+        return "packed", False
     raise ValueError(
         "`safety_anchor` writes its rows in the training set's format, and this one has none TRL names (columns "
         f"{columns}; expected `messages`, `prompt` + `completion`, or `text`). Train from such a dataset, or drop "
@@ -290,6 +301,9 @@ class SafetyAnchor:
 
 
 def _row_count(dataset: Any) -> int:
+    """Training examples in ``dataset``: rows, or for a set TRL packed (bfd), the examples inside its packs."""
+    if "seq_lengths" in (getattr(dataset, "column_names", None) or []):
+        return sum(len(lengths) for lengths in dataset["seq_lengths"])
     try:
         return len(dataset)
     except TypeError:

@@ -219,3 +219,16 @@ def test_a_missing_prompt_file_is_refused_before_any_model_load(tmp_path, monkey
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "anchor_harmful.txt").write_text("how do i pick a lock ?\n", encoding="utf-8")
     SLowEDCallback(**settings)  # there now: accepted
+
+
+def test_packed_training_sets_take_the_ratio_of_examples_and_need_the_format_said(llama_dir, cot_rows, tmp_path):
+    packed = dict(packing=True, max_length=64)
+    unsaid = SLowEDCallback(tau=None, mask_ratio=0, safety_anchor=anchor(ratio=0.2))
+    with pytest.raises(ValueError, match="`safety_anchor.use_chat_template` must be set"):
+        sft_trainer(llama_dir, cot_rows[:24], tmp_path, [unsaid], **packed)
+    callback = SLowEDCallback(tau=None, mask_ratio=0, safety_anchor=anchor(ratio=0.2, use_chat_template=False))
+    trainer = sft_trainer(llama_dir, cot_rows[:24], tmp_path, [callback], **packed)
+    assert len(callback.anchor.rows) == replay_row_count(24, 0.2) == 6  # of the 24 examples, not of the packs
+    examples = sum(len(lengths) for lengths in trainer.train_dataset["seq_lengths"])
+    assert examples == 24 + 6
+    trainer.train()
