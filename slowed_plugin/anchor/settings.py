@@ -45,7 +45,8 @@ CONFIG_KEYS: dict[str, str] = {
     "batch_size": "Prompts generated together; default 16.",
     "use_chat_template": "null (default): follow the training set's format (conversational rows are prompted "
     "through the chat template, plain prompt-completion and text rows raw); true or false: render a text "
-    "dataset's prompts with or without the template (other formats must match it).",
+    "dataset's prompts with or without the template, and say the format of a set TRL packs (required there; "
+    "other formats must match it).",
     "min_refusal_share": "Warn when fewer than this share of the harmful anchor answers are refusals by the offline "
     "refusal judge (an anchor of a model that does not refuse preserves nothing); default 0.5.",
     "cache": "Keep the generated answers in {output_dir}/slowed-anchor/ and reuse them when model, prompts and "
