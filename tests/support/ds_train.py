@@ -2,7 +2,7 @@
 in one process without DeepSpeed, for tests/trainer/test_deepspeed.py.
 
 Usage: python ds_train.py MODEL_DIR DATA_JSONL OUT_DIR BATCH_PER_DEVICE STAGE [--mode lora|full|plain]
-       [--steps N] [--save-steps N] [--resume CHECKPOINT]
+       [--steps N] [--save-steps N] [--resume CHECKPOINT] [--optim NAME --lr LR]
 STAGE 0 means no DeepSpeed (the one-process reference run). `--mode full` trains every weight (no PEFT),
 `plain` trains LoRA without SLowED (stock TRL). `--save-steps` writes a checkpoint every N steps (the
 DeepSpeed engine's own checkpoint beside the model); `--resume` continues from one. Writes OUT_DIR/rank{N}.pt.
@@ -82,6 +82,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--save-steps", type=int, default=0)
     parser.add_argument("--resume", default=None)
+    parser.add_argument("--optim", default="sgd")  # sgd: the first step is exactly -lr * gradient
+    parser.add_argument("--lr", type=float, default=LR)
     return parser.parse_args()
 
 
@@ -101,9 +103,9 @@ def main() -> None:
     settings = dict(
         max_steps=cli.steps,
         per_device_train_batch_size=cli.batch,
-        learning_rate=LR,
+        learning_rate=cli.lr,
         lr_scheduler_type="constant",
-        optim="sgd",
+        optim=cli.optim,
         weight_decay=0.0,
     )
     if cli.save_steps:

@@ -128,3 +128,38 @@ def test_zero_full_fine_tuning_matches_one_process(stage, single, llama_dir, row
     for name, value in ranks[0]["weights"].items():
         assert torch.equal(value, ranks[1]["weights"][name]), name
         assert torch.equal(saved[name].float(), value), name
+
+
+@pytest.mark.slow
+def test_zero2_resume_mid_epoch_matches_uninterrupted_run(llama_dir, rows_file, deepspeed_env, tmp_path):
+    """LoRA under ZeRO-2 with AdamW (whose state, in ZeRO's own checkpoint, must come back too), a checkpoint every
+    step. 8 rows at batch 2 x 2 ranks are 2 steps an epoch, so checkpoint-1 is mid-epoch. The resumed run starts
+    from the uninterrupted run's own checkpoint-1, which that run wrote before its step 2: what an interruption
+    after step 1 leaves behind."""
+    from safetensors.torch import load_file
+
+    from slowed_plugin.core.slow_tuning import lora_delta_norm
+
+    adam = ("--optim", "adamw_torch", "--lr", "0.01")
+    common = dict(model_dir=llama_dir, rows=rows_file, env=deepspeed_env)
+    whole = _launch(tmp_path / "whole", 2, "--save-steps", "1", *adam, **common, port=29640)
+    checkpoint = tmp_path / "whole" / "run" / "checkpoint-1"
+    resumed = _launch(tmp_path / "resumed", 2, "--resume", str(checkpoint), *adam, **common, port=29641)
+
+    assert [p["step"] for p in resumed[0]["post"]] == [2, 3]  # it trained steps 2 and 3 only, into epoch 2
+    for rank in (0, 1):
+        for name, value in whole[rank]["weights"].items():
+            torch.testing.assert_close(resumed[rank]["weights"][name], value, rtol=0, atol=1e-6)
+    losses = [[e["loss"] for e in run[0]["logs"] if "loss" in e] for run in (whole, resumed)]
+    assert losses[1][-2:] == pytest.approx(losses[0][-2:], rel=1e-6)
+    # tau binds at every step, and every checkpoint holds a projected adapter.
+    assert all(e["slowed/layers_projected"] > 0 for e in whole[0]["logs"] if "slowed/layers_projected" in e)
+    scaling = 8 / 4  # lora_alpha / r in ds_train.py
+    for step in (1, 2, 3):
+        saved = load_file(tmp_path / "whole" / "run" / f"checkpoint-{step}" / "adapter_model.safetensors")
+        norms = [
+            float(lora_delta_norm(saved[key], saved[key.replace("lora_A", "lora_B")], scaling))
+            for key in saved
+            if "lora_A" in key
+        ]
+        assert len(norms) == 14 and max(norms) <= TAU * (1 + _TOL), (step, norms)
