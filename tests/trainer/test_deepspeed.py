@@ -19,17 +19,6 @@ TAU = 0.05  # ds_train.TAU
 _TOL = 1e-5  # float32 rounding of a projected norm
 
 
-@pytest.fixture(scope="session")
-def deepspeed_env(tmp_path_factory):
-    """DeepSpeed's CPU accelerator, and one JIT build cache for its comm op per test session (unless one is set)."""
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:  # no silent skip: the suite's set-up installs it
-        pytest.fail("deepspeed is not installed: run `SLOWED_EXTRAS=...,deepspeed source scripts/setup.sh`")
-    cache = os.environ.get("TORCH_EXTENSIONS_DIR") or str(tmp_path_factory.mktemp("torch_extensions"))
-    return {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": cache, "OMP_NUM_THREADS": "1"}
-
-
 @pytest.fixture(scope="module")
 def rows_file(cot_rows, tmp_path_factory):
     path = tmp_path_factory.mktemp("ds_rows") / "rows.jsonl"
