@@ -37,6 +37,8 @@ __all__ = [
     "axolotl_problems",
     "check_trainer",
     "check_training_args",
+    "deepspeed_file_config",
+    "deepspeed_plan",
     "listed_plugin",
     "resolved",
 ]
@@ -277,6 +279,37 @@ def deepspeed_file_config(value: Any) -> dict | None:
             return None
         return config if isinstance(config, dict) else None
     return None
+
+
+def deepspeed_plan(value: Any, config: SLowEDConfig) -> str | None:
+    """One line for ``slowed check``: what SLowED does under the DeepSpeed config that an Axolotl ``deepspeed:``
+    value names, or None without DeepSpeed. A refusal itself is reported by the rule above, with its fix."""
+    if not value or not config.active:
+        return None
+    ds = deepspeed_file_config(value)
+    if ds is None:
+        return (
+            f"`deepspeed: {value}` is not readable from here, so its stage is checked when training starts: ZeRO-1/2 "
+            "mask on the hidden states, ZeRO-3 on the logits; Slow Tuning projects through ZeRO's fp32 masters and "
+            "refuses stage 0 and `offload_optimizer`."
+        )
+    zero = ds.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    if not config.slow_tuning:
+        tuning = "Slow Tuning off"
+    elif _deepspeed_message("", ds) is not None:
+        tuning = "Slow Tuning refused (see the error for the fix)"
+    else:
+        tuning = "Slow Tuning projects through ZeRO's fp32 masters"
+    if not config.masking:
+        masking = "masking off"
+    elif config.entropy_source != "online":
+        masking = "masking in the labels (`entropy_source: reference`)"
+    elif stage == 3:
+        masking = "masking on the logits (ZeRO-3 partitions the head's weight)"
+    else:
+        masking = "masking on the hidden states"
+    return f"DeepSpeed ZeRO-{stage}: {tuning}; {masking}."
 
 
 def _fsdp_message(version: Any) -> str | None:
