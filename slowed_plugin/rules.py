@@ -37,6 +37,8 @@ __all__ = [
     "axolotl_problems",
     "check_trainer",
     "check_training_args",
+    "deepspeed_file_config",
+    "deepspeed_plan",
     "listed_plugin",
     "resolved",
 ]
@@ -214,7 +216,7 @@ def _deepspeed_config(args: TrainingArguments) -> dict:
     return {}
 
 
-def _deepspeed_message(setting: str, config: Mapping[str, Any]) -> str | None:
+def _deepspeed_message(setting: str, config: Mapping[str, Any], off: str = "`tau: null`") -> str | None:
     # Slow Tuning reads and writes ZeRO's fp32 master weights through DeepSpeed's API (core/zero.py); what it
     # cannot reach is refused, before any model is loaded.
     zero = config.get("zero_optimization") or {}
@@ -222,13 +224,13 @@ def _deepspeed_message(setting: str, config: Mapping[str, Any]) -> str | None:
     if stage not in (1, 2, 3):
         return (
             f"Slow Tuning supports DeepSpeed ZeRO stages 1, 2 and 3; got {setting} with zero_optimization.stage="
-            f"{stage!r}. Set the stage to 2 or 3, use DDP, or set `tau: null`."
+            f"{stage!r}. Set the stage to 2 or 3, use DDP, or set {off}."
         )
     offload = (zero.get("offload_optimizer") or {}).get("device", "none")
     if offload not in (None, "none"):
         return (
             f"Slow Tuning does not support DeepSpeed optimizer offload (got {setting} with "
-            f"zero_optimization.offload_optimizer.device={offload!r}). Remove `offload_optimizer`, or set `tau: null`."
+            f"zero_optimization.offload_optimizer.device={offload!r}). Remove `offload_optimizer`, or set {off}."
         )
     return None
 
@@ -255,12 +257,59 @@ def _deepspeed_trainer(trainer: Trainer) -> str | None:
 
 
 def _deepspeed_axolotl(cfg: Mapping[str, Any]) -> str | None:
-    if cfg.get("deepspeed"):
-        return (
-            "Slow Tuning (`slowed.tau`) with `deepspeed` is supported with TRL but not yet through Axolotl "
-            "(untested: docs/distributed.md). Train with DDP or FSDP2 (`fsdp_version: 2`), or set `slowed.tau: null`."
-        )
+    value = cfg.get("deepspeed")
+    if not value:
+        return None
+    config = deepspeed_file_config(value)
+    if config is None:  # not readable from here: the trainer's parsed config is checked when training starts
+        return None
+    return _deepspeed_message(f"`deepspeed: {value}`", config, off="`slowed.tau: null`")
+
+
+def deepspeed_file_config(value: Any) -> dict | None:
+    """The DeepSpeed config an Axolotl ``deepspeed:`` value names (a JSON path, relative to the working folder
+    as Axolotl reads it, or the mapping itself), or None when it cannot be read here."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str) and os.path.isfile(value):
+        try:
+            with open(value, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return config if isinstance(config, dict) else None
     return None
+
+
+def deepspeed_plan(value: Any, config: SLowEDConfig) -> str | None:
+    """One line for ``slowed check``: what SLowED does under the DeepSpeed config that an Axolotl ``deepspeed:``
+    value names, or None without DeepSpeed. A refusal itself is reported by the rule above, with its fix."""
+    if not value or not config.active:
+        return None
+    ds = deepspeed_file_config(value)
+    if ds is None:
+        return (
+            f"`deepspeed: {value}` is not readable from here, so its stage is checked when training starts: ZeRO-1/2 "
+            "mask on the hidden states, ZeRO-3 on the logits; Slow Tuning projects through ZeRO's fp32 masters and "
+            "refuses stage 0 and `offload_optimizer`."
+        )
+    zero = ds.get("zero_optimization") or {}
+    stage = zero.get("stage", 0)
+    if not config.slow_tuning:
+        tuning = "Slow Tuning off"
+    elif _deepspeed_message("", ds) is not None:
+        tuning = "Slow Tuning refused (see the error for the fix)"
+    else:
+        tuning = "Slow Tuning projects through ZeRO's fp32 masters"
+    if not config.masking:
+        masking = "masking off"
+    elif config.entropy_source != "online":
+        masking = "masking in the labels (`entropy_source: reference`)"
+    elif stage == 3:
+        masking = "masking on the logits (ZeRO-3 partitions the head's weight)"
+    else:
+        masking = "masking on the hidden states"
+    return f"DeepSpeed ZeRO-{stage}: {tuning}; {masking}."
 
 
 def _fsdp_message(version: Any) -> str | None:
@@ -550,10 +599,10 @@ RULES: tuple[Rule, ...] = (
         reads=("relora",),
     ),
     Rule(
-        "DeepSpeed ZeRO 1-3 without optimizer offload (TRL only)",
+        "DeepSpeed ZeRO 1-3 without optimizer offload",
         _slow_tuning,
-        "the projection is written to ZeRO's fp32 masters through DeepSpeed's API, which stage 0 and an "
-        "offloaded optimizer were not tested with; Axolotl with DeepSpeed is untested.",
+        "the projection is written to ZeRO's fp32 masters through DeepSpeed's API; stage 0 keeps no such copy, "
+        "and an offloaded optimizer's copy was not tested.",
         trl_args=_deepspeed_args,
         trl_trainer=_deepspeed_trainer,
         axolotl=_deepspeed_axolotl,

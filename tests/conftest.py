@@ -91,3 +91,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def deepspeed_env(tmp_path_factory) -> dict[str, str]:
+    """Environment of a DeepSpeed subprocess on CPU: DeepSpeed's CPU accelerator, and one JIT build cache for its
+    comm op per test session (unless one is set), shared by the TRL and Axolotl DeepSpeed tests."""
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:  # no silent skip: the suite's set-up installs it
+        pytest.fail("deepspeed is not installed: run `SLOWED_EXTRAS=...,deepspeed source scripts/setup.sh`")
+    cache = os.environ.get("TORCH_EXTENSIONS_DIR") or str(tmp_path_factory.mktemp("torch_extensions"))
+    return {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": cache, "OMP_NUM_THREADS": "1"}

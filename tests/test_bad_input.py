@@ -286,9 +286,13 @@ AXOLOTL_CONFLICTS = {
     "loftq": ({"peft": {"loftq_config": {"loftq_bits": 4}}}, ["LoftQ", "peft.loftq_config"]),
     "loaded adapter": ({"lora_model_dir": "./old-adapter"}, ["lora_model_dir", "merge-lora"]),
     "relora": ({"relora": True, "jagged_restart_steps": 100}, ["ReLoRA", "relora: false"]),
-    "deepspeed": (
-        {"deepspeed": "deepspeed_configs/zero2.json"},
-        ["`deepspeed`", "not yet through Axolotl", "slowed.tau: null"],
+    "deepspeed stage 0": (
+        {"deepspeed": {"zero_optimization": {"stage": 0}}},
+        ["ZeRO stages 1, 2 and 3", "zero_optimization.stage=0", "slowed.tau: null"],
+    ),
+    "deepspeed optimizer offload": (
+        {"deepspeed": {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}},
+        ["optimizer offload", "offload_optimizer.device='cpu'", "Remove `offload_optimizer`", "slowed.tau: null"],
     ),
     "fsdp1": (
         {"fsdp_version": 1, "fsdp_config": {"fsdp_offload_params": False}},

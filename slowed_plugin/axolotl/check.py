@@ -28,7 +28,7 @@ from typing import Any, TextIO
 import yaml
 
 from ..config import SLowEDConfig
-from ..rules import axolotl_problems, resolved
+from ..rules import axolotl_problems, deepspeed_plan, resolved
 from . import PLUGIN_NAME
 from .recipe import duplicate_slowed_keys
 
@@ -203,6 +203,9 @@ def _check_key(data: Mapping[str, Any], report: Report) -> None:
     report.config = config
     report.note("slowed", config.describe())
     report.note("resolved", "slowed: " + _flow(resolved(config)))
+    plan = deepspeed_plan(data.get("deepspeed"), config)
+    if plan is not None:
+        report.note("engine", plan)
     problems = axolotl_problems(data, config)
     for problem in problems:
         report.error(problem)

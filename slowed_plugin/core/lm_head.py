@@ -8,7 +8,9 @@ the model's own logits exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,6 +54,52 @@ def lm_head_parameters(lm_head: nn.Module | torch.Tensor) -> tuple[torch.Tensor,
     if bias is not None and not isinstance(bias, torch.Tensor):
         bias = None
     return weight, bias
+
+
+def _is_fsdp_unit(module: nn.Module) -> bool:
+    """Whether FSDP2 (``fully_shard``) made ``module`` a unit of its own: its parameters are DTensor shards outside
+    its own forward."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return False
+    return isinstance(module, FSDPModule)
+
+
+def in_head_forward(head: nn.Module, loss: Callable[[torch.Tensor], Any], hidden: torch.Tensor) -> Any:
+    """``loss(hidden)``, a loss that reads ``head.weight`` directly, run as ``head``'s own forward when the head is
+    an FSDP2 unit of its own.
+
+    FSDP2 gathers a unit's weight only around that module's forward (and again for its backward, through hooks
+    on the forward's inputs and outputs), and reduces its gradient over the ranks only after that backward.
+    Read outside, ``head.weight`` is this rank's DTensor shard; ``full_tensor()`` would give the whole value,
+    but the gradient through it lands on the shard without being summed over ranks. So the loss runs inside the
+    head's ``__call__`` with the forward redirected to it: the weight it reads is the gathered one, and the
+    gradient takes FSDP's own reduction. Anywhere else (one process, DDP, a head that belongs to the root FSDP
+    unit, which the model's own forward has gathered) the loss is called directly.
+    """
+    if not _is_fsdp_unit(head):
+        return loss(hidden)
+
+    def forward(hooked: torch.Tensor) -> Any:
+        # Put the module's forward back first: the loss or a later caller may run the head normally.
+        restore()
+        return loss(hooked)  # `hooked`: the hidden states as FSDP's pre-forward returned them (its backward hook)
+
+    had_own = "forward" in vars(head)
+    previous = vars(head).get("forward")
+
+    def restore() -> None:
+        if had_own:
+            head.forward = previous
+        else:
+            vars(head).pop("forward", None)
+
+    head.forward = forward
+    try:
+        return head(hidden)
+    finally:
+        restore()
 
 
 def output_head(causal: nn.Module, adapters_disabled: bool = False) -> OutputHead | None:

@@ -43,11 +43,13 @@ class WeightAccess:
 
     def read(self, param: torch.Tensor) -> torch.Tensor:
         """The whole current value (FSDP2's DTensor shards gathered through their own API)."""
+        # Asked before `detach()`: a detached ZeRO-3 parameter loses the `ds_*` attributes that mark it, and is
+        # then its empty local partition.
+        if is_zero3_param(param):  # ZeRO-3 partitioned by zero.Init before the engine exists (attach time)
+            return gathered_copy(param)
         param = param.detach()
         if _is_dtensor(param):
             return param.full_tensor()
-        if is_zero3_param(param):  # ZeRO-3 partitioned by zero.Init before the engine exists (attach time)
-            return gathered_copy(param)
         return param
 
     def scale_(self, param: torch.Tensor, factor: float) -> None:

@@ -3,7 +3,9 @@
 Two paths, both in :mod:`slowed_plugin.core`:
 
 - from hidden states (:func:`~slowed_plugin.core.hidden_states_loss.chunked_masked_causal_lm_loss`): the
-  default, for a decoder + linear head. Like TRL's default ``chunked_nll`` it never builds the full logits.
+  default, for a decoder + linear head. Like TRL's default ``chunked_nll`` it never builds the full logits. A
+  head that FSDP2 made a unit of its own is gathered only by its own forward, so there the loss runs as that
+  module's forward (:func:`~slowed_plugin.core.lm_head.in_head_forward`).
 - on logits (:func:`~slowed_plugin.core.logits_loss.fused_masked_causal_lm_loss`): for TRL's ``loss_type="nll"``
   (its metrics read the logits), MoE models (the router's aux loss needs the model's own forward), multimodal
   models, PEFT-adapted or quantised heads, and DeepSpeed ZeRO-3 (whose partitioned head weight only the head
@@ -24,7 +26,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..config import SLowEDConfig
 from ..core.hidden_states_loss import chunked_masked_causal_lm_loss
-from ..core.lm_head import OutputHead, output_head
+from ..core.lm_head import OutputHead, in_head_forward, output_head
 from ..core.logits_loss import fused_masked_causal_lm_loss
 from ..core.masking import IGNORE_INDEX, MaskStats, mask_low_entropy_targets
 from ..core.zero import is_zero3_param
@@ -107,15 +109,20 @@ class MaskedCausalLMLoss:
                 kwargs.pop("logits_to_keep", None)
                 outputs = self.head.backbone(*args, use_cache=False, **kwargs)
                 logits = None
-                loss, stats, extra = chunked_masked_causal_lm_loss(
+                head = self.head
+                loss, stats, extra = in_head_forward(
+                    head.head,
+                    lambda hidden: chunked_masked_causal_lm_loss(
+                        hidden,
+                        head.head,
+                        labels,
+                        cfg.mask_ratio,
+                        cfg.mask_scope,
+                        **common,
+                        logit_scale=head.logit_scale,
+                        final_logit_softcapping=head.softcap,
+                    ),
                     outputs.last_hidden_state,
-                    self.head.head,
-                    labels,
-                    cfg.mask_ratio,
-                    cfg.mask_scope,
-                    **common,
-                    logit_scale=self.head.logit_scale,
-                    final_logit_softcapping=self.head.softcap,
                 )
             else:
                 # No labels: the model (or TRL's chunked forward, which then falls back) returns logits.

@@ -138,3 +138,59 @@ def test_axolotl_lists_the_command_without_importing_it():
         "import click, slowed_plugin.axolotl.cli as m; assert isinstance(m.slowed_check, click.Command)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _deepspeed_recipe(tmp_path, zero: dict, slowed=(10.0, 0.2)) -> dict:
+    import json
+
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": zero, "train_micro_batch_size_per_gpu": "auto"}))
+    return _variant(deepspeed=str(path), slowed=list(slowed))
+
+
+DEEPSPEED_PLANS = {
+    "zero2": (
+        {"stage": 2},
+        (10.0, 0.2),
+        "DeepSpeed ZeRO-2: Slow Tuning projects through ZeRO's fp32 masters; masking on the hidden states.",
+    ),
+    "zero3": (
+        {"stage": 3},
+        (10.0, 0.2),
+        "DeepSpeed ZeRO-3: Slow Tuning projects through ZeRO's fp32 masters; masking on the logits "
+        "(ZeRO-3 partitions the head's weight).",
+    ),
+    "zero2 masking only": (
+        {"stage": 2},
+        (None, 0.2),
+        "DeepSpeed ZeRO-2: Slow Tuning off; masking on the hidden states.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEEPSPEED_PLANS))
+def test_a_deepspeed_recipe_gets_one_line_saying_what_slowed_does(tmp_path, case):
+    zero, slowed, line = DEEPSPEED_PLANS[case]
+    status, out = _check(tmp_path, _deepspeed_recipe(tmp_path, zero, slowed))
+    assert status == 0, out
+    assert [row for row in out.splitlines() if row.strip().startswith("engine")] == [f"  engine   {line}"]
+    assert out.rstrip().endswith("OK: SLowED will be active")
+
+
+@pytest.mark.parametrize(
+    "zero, fix",
+    [({"stage": 0}, "zero_optimization.stage=0"), ({"stage": 2, "offload_optimizer": {"device": "cpu"}}, "offload")],
+)
+def test_a_deepspeed_recipe_slow_tuning_cannot_honour_fails_with_the_fix(tmp_path, zero, fix):
+    status, out = _check(tmp_path, _deepspeed_recipe(tmp_path, zero))
+    assert status == 1, out
+    stage = zero["stage"]
+    assert f"  engine   DeepSpeed ZeRO-{stage}: Slow Tuning refused (see the error for the fix)" in out
+    errors = [row for row in out.splitlines() if row.strip().startswith("error")]
+    assert len(errors) == 1 and fix in errors[0] and "slowed.tau: null" in errors[0], out
+
+
+def test_a_deepspeed_file_not_readable_here_is_said_so(tmp_path):
+    status, out = _check(tmp_path, _variant(deepspeed="deepspeed_configs/missing-zero2.json"))
+    assert status == 0, out
+    assert "`deepspeed: deepspeed_configs/missing-zero2.json` is not readable from here" in out

@@ -90,6 +90,8 @@ ACCEPTED = {
     },
     "fsdp2": {"fsdp_version": 2, "fsdp_config": {"reshard_after_forward": True}},
     "deepspeed with masking only": {"deepspeed": "deepspeed_configs/zero2.json", "slowed": [None, 0.2]},
+    "deepspeed zero2 with both": {"deepspeed": {"zero_optimization": {"stage": 2}}, "slowed": [10.0, 0.2]},
+    "deepspeed zero3 with both": {"deepspeed": {"zero_optimization": {"stage": 3}}, "slowed": [10.0, 0.2]},
     "qlora": {"adapter": "qlora", "load_in_4bit": True},
     "full fine-tuning": {"adapter": None, "lora_r": None, "lora_alpha": None, "lora_target_linear": None},
     "gaussian init": {"peft_init_lora_weights": "gaussian"},
@@ -278,8 +280,8 @@ def test_a_config_that_reached_training_unvalidated_is_still_refused(trainer, co
 
     validate_axolotl({"slowed": [10.0, 0.2]})  # the same `slowed:` validated before, without DeepSpeed
     cfg = _cfg({"tau": 10.0, "mask_ratio": 0.2})
-    cfg["deepspeed"] = "zero2.json"
-    with pytest.raises(ValueError, match="not yet through Axolotl"):
+    cfg["deepspeed"] = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+    with pytest.raises(ValueError, match="does not support DeepSpeed optimizer offload"):
         load_plugin(PLUGIN).add_callbacks_post_trainer(cfg, trainer)
 
 

@@ -178,7 +178,7 @@ COMPAT_ROWS = {
     "KD trainer": {"kd_trainer": True},
     "RL": {"rl": "dpo"},
 }
-E2E_TESTED = {"LoRA", "QLoRA", "Full fine-tuning", "Sample packing", "Gradient accumulation", "DDP"}
+E2E_TESTED = {"LoRA", "QLoRA", "Full fine-tuning", "Sample packing", "Gradient accumulation", "DDP", "DeepSpeed"}
 
 
 def _compat_table() -> dict[str, tuple[str, str]]:

@@ -87,16 +87,19 @@ class Run:
     def output_dir(self) -> Path:
         return self.workdir / self.config["output_dir"]
 
-    def start(self, threads: int = 1, processes: int = 1) -> Run:
+    def start(self, threads: int = 1, processes: int = 1, env: dict[str, str] | None = None) -> Run:
         """Start training; with ``processes > 1``, DDP on CPU as in ``tests/axolotl_cpu_ddp.py`` (torchrun,
-        ``ACCELERATE_USE_CPU=true``; the config must list that module's plugin)."""
+        ``ACCELERATE_USE_CPU=true``; the config must list that module's plugin), or DeepSpeed when the config has
+        ``deepspeed:`` (no ``ACCELERATE_USE_CPU``, which would turn DeepSpeed off; the config must list
+        ``axolotl_cpu_ddp.CpuDeepSpeedPlugin``). ``env``: more environment for the training processes."""
         with open(self.config_path, "w", encoding="utf-8") as handle:
             yaml.safe_dump(self.config, handle, sort_keys=False)
-        env = offline_env(threads)
+        env = {**offline_env(threads), **(env or {})}
         if processes == 1:
             command = [sys.executable, "-c", AXOLOTL_MAIN, "train", str(self.config_path), "--launcher", "python"]
         else:
-            env["ACCELERATE_USE_CPU"] = "true"
+            if not self.config.get("deepspeed"):
+                env["ACCELERATE_USE_CPU"] = "true"
             command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
             command += ["-m", "axolotl.cli.train", str(self.config_path)]
         log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in wait()

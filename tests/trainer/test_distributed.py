@@ -87,3 +87,27 @@ def test_slow_tuning_on_fsdp2_shards_matches_unsharded(llama_dir, tmp_path):
         for name, value in run["state"].items():
             assert torch.equal(value, ranks[1][kind]["state"][name]), name  # same on every rank
             torch.testing.assert_close(value, run["reference"][name], rtol=0, atol=1e-6)  # = unsharded
+
+
+@pytest.mark.slow
+def test_masked_loss_on_fsdp2_shards_matches_one_process(llama_dir, tmp_path):
+    # torch's own FSDP2 on a 2-process gloo mesh (the Trainer runs no FSDP on CPU), full fine-tuning so that the
+    # head's weight trains: each rank holds half of a 4-row batch. `head` makes lm_head an FSDP unit of its own,
+    # whose weight the hidden-states loss would otherwise read as this rank's DTensor shard.
+    _run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
+        + [os.path.join(HERE, "fsdp_masking.py"), llama_dir, str(tmp_path)]
+    )
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    one = ranks[0]["reference"]
+    assert one["path"] == "hidden_states" and one["dropped"] > 0
+    for layout in ("root", "head"):
+        run = ranks[0][layout]
+        assert run["path"] == "hidden_states"  # the loss read the head's weight, not the model's logits
+        assert run["head_is_shard"]  # between steps lm_head.weight is a DTensor shard
+        assert run["dropped"] == one["dropped"]  # the same targets masked, summed over ranks
+        torch.testing.assert_close(run["loss"], one["loss"], rtol=1e-6, atol=0)
+        assert set(run["grads"]) == set(one["grads"])
+        for name, grad in run["grads"].items():
+            torch.testing.assert_close(grad, one["grads"][name], rtol=1e-5, atol=1e-7, msg=f"{layout}: {name}")
+            assert torch.equal(grad, ranks[1][layout]["grads"][name]), name
