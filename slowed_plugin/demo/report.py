@@ -567,7 +567,10 @@ def render_report(payload: dict[str, Any]) -> str:
             f"plain LoRA's mean gain over the seeds is {gain * 100:.1f} points. Goal (issue 15): safety >= "
             f"{GOAL_SAFETY:.2f} on every seed, at least {GOAL_GAIN_SHARE * 100:.0f} % of plain LoRA's mean gain, "
             f"mean benign helpfulness >= {GOAL_BENIGN:.2f}. Per seed: the method's gain over plain LoRA's gain on "
-            "the same seed, in %.",
+            "the same seed, in %."
+            + (
+                " With `--quick` the gains are a few points and these shares are noise." if payload.get("quick") else ""
+            ),
             "",
             format_markdown(goal_table(goals)),
             "",

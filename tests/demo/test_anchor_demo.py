@@ -330,8 +330,8 @@ _SMALL = TrainSettings(
 )
 def test_a_small_real_run_records_its_anchor(tiny_base, tmp_path, method, monkeypatch):
     import torch
-    from slowed_plugin.anchor import replay_row_count
 
+    from slowed_plugin.anchor import replay_row_count
     from slowed_plugin.demo.run import run_one
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
