@@ -44,6 +44,15 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _keys(text: str) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated method keys such as plain,anchor-replay; got {text!r}"
+        )
+    return keys
+
+
 def _taus(text: str) -> list[float]:
     try:
         values = [float(t) for t in text.split(",") if t.strip()]
@@ -101,6 +110,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-anchor", action="store_true", help="Leave out the safety-anchor methods and the placebo.")
     parser.add_argument(
+        "--methods",
+        type=_keys,
+        default=None,
+        help="Run only these methods of the comparison (or sweep), comma-separated keys such as "
+        "plain,anchor-replay,placebo (keep plain for the comparisons against plain LoRA).",
+    )
+    parser.add_argument(
         "--jobs", type=_positive_int, default=None, help="Runs at once, one thread each (default: CPU count, max 8)."
     )
     parser.add_argument(
@@ -138,9 +154,32 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--anchor-ratio {args.anchor_ratio:g}")
     if args.no_anchor:
         parts.append("--no-anchor")
+    if args.methods is not None:
+        parts.append("--methods " + ",".join(args.methods))
     if args.opener is not None:
         parts.append(f"--opener {shlex.quote(args.opener)}")
     return " ".join(parts)
+
+
+def select_methods(args: argparse.Namespace) -> list:
+    """The methods this command runs (the comparison or the sweep, narrowed by ``--methods``); ValueError for an
+    unknown key."""
+    from .methods import comparison_methods, sweep_methods
+
+    anchor = not args.no_anchor
+    ratio = args.anchor_ratio if args.anchor_ratio is not None else DEFAULT_ANCHOR_RATIO
+    if args.sweep_tau:
+        taus = args.taus or list(QUICK_TAUS if args.quick else DEFAULT_TAUS)
+        methods = sweep_methods(sorted(taus), args.mask_ratio, anchor=anchor, anchor_ratio=ratio, tau=args.tau)
+    else:
+        methods = comparison_methods(args.tau, args.mask_ratio, full_ft=args.full_ft, anchor=anchor, anchor_ratio=ratio)
+    if args.methods is not None:
+        known = [m.key for m in methods]
+        unknown = [k for k in args.methods if k not in known]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r} for `--methods`; this command has: {', '.join(known)}.")
+        methods = [m for m in methods if m.key in args.methods]
+    return methods
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
     if args.taus is not None and not args.sweep_tau:
         print("slowed demo: `--taus` needs `--sweep-tau`.", file=sys.stderr)
         return 2
+    try:
+        methods = select_methods(args)
+    except ValueError as err:
+        print(f"slowed demo: {err}", file=sys.stderr)
+        return 2
 
     from pathlib import Path
 
@@ -168,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import report as rep
     from .base_model import BaseSettings, cached_path, is_cached, load_meta
-    from .methods import TrainSettings, comparison_methods, make_specs, sweep_methods
+    from .methods import TrainSettings, make_specs
     from .metrics import COT_TOKENS, INSPECTED_ROWS, SAFETY_TOKENS, eval_sets
     from .workers import build_base, execute
     from .world import WorldSettings, build_world
@@ -187,13 +231,6 @@ def run(args: argparse.Namespace) -> int:
         train = TrainSettings(epochs=3, cot_train=640, eval_harmful=80, eval_cot=80, eval_benign=40)
     if args.epochs is not None:
         train = TrainSettings(**{**train.__dict__, "epochs": args.epochs})
-    anchor = not args.no_anchor
-    ratio = args.anchor_ratio if args.anchor_ratio is not None else DEFAULT_ANCHOR_RATIO
-    if args.sweep_tau:
-        taus = args.taus or list(QUICK_TAUS if args.quick else DEFAULT_TAUS)
-        methods = sweep_methods(sorted(taus), args.mask_ratio, anchor=anchor, anchor_ratio=ratio, tau=args.tau)
-    else:
-        methods = comparison_methods(args.tau, args.mask_ratio, full_ft=args.full_ft, anchor=anchor, anchor_ratio=ratio)
     seeds = list(range(args.seed, args.seed + args.seeds))
     specs = make_specs(methods, seeds)
     jobs = args.jobs or _default_jobs()

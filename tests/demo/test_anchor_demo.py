@@ -90,6 +90,10 @@ def test_cli_anchor_options():
     for bad in ("0", "1", "x"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--anchor-ratio", bad])
+    args = parser.parse_args(["--methods", "plain,anchor-replay", "--anchor-ratio", "0.02"])
+    assert cli.command_line(args) == "slowed demo --anchor-ratio 0.02 --methods plain,anchor-replay"
+    # an unknown key is refused before anything is built
+    assert cli.run(parser.parse_args(["--methods", "plain,ewc", "--out", "unused"])) == 2
 
 
 def test_the_demo_default_is_the_products_default_anchor():
