@@ -3,6 +3,7 @@ after every epoch, and progress messages to the parent process."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -38,6 +39,8 @@ class DemoCallback(TrainerCallback):
         self.history: list[dict[str, Any]] = []
         self.start: dict[str, torch.Tensor] | None = None  # start values of the dense trainable tensors
         self.samples: list[str] = []
+        self.step_seconds = 0.0  # time inside optimizer steps (step begin to step end), evaluations excluded
+        self._step_started: float | None = None
 
     def _post(self, *message) -> None:
         if self.queue is not None:
@@ -71,7 +74,13 @@ class DemoCallback(TrainerCallback):
         if state.global_step == 0:
             self._measure(state, model)
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_started = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):
+        if self._step_started is not None:
+            self.step_seconds += time.perf_counter() - self._step_started
+            self._step_started = None
         self._post("step", state.global_step)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):

@@ -1,8 +1,8 @@
 """``slowed demo``: the main job on its embedded default, on CPU, with no downloads.
 
 Builds (once, then cached) an aligned tiny base model, distils chain-of-thought into it with plain
-LoRA, Slow Tuning only, Low-Entropy Masking only and SLowED through a stock TRL ``SFTTrainer``, and
-writes a table, ``report.md``, ``results.json`` and a figure of safety and reasoning per epoch.
+LoRA, Slow Tuning only, Low-Entropy Masking only, SLowED, the safety anchor (replay, gradient, with SLowED) and
+the anchor's placebo through a stock TRL ``SFTTrainer``, and writes a table, ``report.md``, ``results.json`` and a figure of safety and reasoning per epoch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ DEFAULT_TAU = 1.5
 # The value of the product's examples; the paper leaves k open too.
 DEFAULT_MASK_RATIO = 0.2
 DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+# The product's default anchor ratio (replay); the demo's anchor methods use it unless --anchor-ratio is given.
+DEFAULT_ANCHOR_RATIO = 0.05
 QUICK_TAUS = (0.5, 1.5)
 
 
@@ -30,6 +32,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text!r}")
+    return value
+
+
+def _keys(text: str) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated method keys such as plain,anchor-replay; got {text!r}"
+        )
+    return keys
 
 
 def _taus(text: str) -> list[float]:
@@ -81,6 +102,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=_positive_int, default=None, help="Distillation epochs (default 10; 3 quick).")
     parser.add_argument("--full-ft", action="store_true", help="Also compare full fine-tuning, plain and with SLowED.")
     parser.add_argument(
+        "--anchor-ratio",
+        type=_ratio,
+        default=None,
+        help="Share of anchor rows in the mixed training set of the replay anchor, and of the placebo's extra "
+        f"rows (default: the product's, {DEFAULT_ANCHOR_RATIO:g}).",
+    )
+    parser.add_argument("--no-anchor", action="store_true", help="Leave out the safety-anchor methods and the placebo.")
+    parser.add_argument(
+        "--methods",
+        type=_keys,
+        default=None,
+        help="Run only these methods of the comparison (or sweep), comma-separated keys such as "
+        "plain,anchor-replay,placebo (keep plain for the comparisons against plain LoRA).",
+    )
+    parser.add_argument(
         "--jobs", type=_positive_int, default=None, help="Runs at once, one thread each (default: CPU count, max 8)."
     )
     parser.add_argument(
@@ -106,7 +142,7 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--seeds {args.seeds}")
     if args.seed != 0:
         parts.append(f"--seed {args.seed}")
-    if args.tau != DEFAULT_TAU and not args.sweep_tau:
+    if args.tau != DEFAULT_TAU and (not args.sweep_tau or not args.no_anchor):
         parts.append(f"--tau {args.tau:g}")
     if args.mask_ratio != DEFAULT_MASK_RATIO:
         parts.append(f"--mask-ratio {args.mask_ratio:g}")
@@ -114,9 +150,36 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--epochs {args.epochs}")
     if args.full_ft:
         parts.append("--full-ft")
+    if args.anchor_ratio is not None:
+        parts.append(f"--anchor-ratio {args.anchor_ratio:g}")
+    if args.no_anchor:
+        parts.append("--no-anchor")
+    if args.methods is not None:
+        parts.append("--methods " + ",".join(args.methods))
     if args.opener is not None:
         parts.append(f"--opener {shlex.quote(args.opener)}")
     return " ".join(parts)
+
+
+def select_methods(args: argparse.Namespace) -> list:
+    """The methods this command runs (the comparison or the sweep, narrowed by ``--methods``); ValueError for an
+    unknown key."""
+    from .methods import comparison_methods, sweep_methods
+
+    anchor = not args.no_anchor
+    ratio = args.anchor_ratio if args.anchor_ratio is not None else DEFAULT_ANCHOR_RATIO
+    if args.sweep_tau:
+        taus = args.taus or list(QUICK_TAUS if args.quick else DEFAULT_TAUS)
+        methods = sweep_methods(sorted(taus), args.mask_ratio, anchor=anchor, anchor_ratio=ratio, tau=args.tau)
+    else:
+        methods = comparison_methods(args.tau, args.mask_ratio, full_ft=args.full_ft, anchor=anchor, anchor_ratio=ratio)
+    if args.methods is not None:
+        known = [m.key for m in methods]
+        unknown = [k for k in args.methods if k not in known]
+        if unknown:
+            raise ValueError(f"unknown method {unknown[0]!r} for `--methods`; this command has: {', '.join(known)}.")
+        methods = [m for m in methods if m.key in args.methods]
+    return methods
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
     if args.taus is not None and not args.sweep_tau:
         print("slowed demo: `--taus` needs `--sweep-tau`.", file=sys.stderr)
         return 2
+    try:
+        methods = select_methods(args)
+    except ValueError as err:
+        print(f"slowed demo: {err}", file=sys.stderr)
+        return 2
 
     from pathlib import Path
 
@@ -144,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import report as rep
     from .base_model import BaseSettings, cached_path, is_cached, load_meta
-    from .methods import TrainSettings, comparison_methods, make_specs, sweep_methods
+    from .methods import TrainSettings, make_specs
     from .metrics import COT_TOKENS, INSPECTED_ROWS, SAFETY_TOKENS, eval_sets
     from .workers import build_base, execute
     from .world import WorldSettings, build_world
@@ -163,11 +231,6 @@ def run(args: argparse.Namespace) -> int:
         train = TrainSettings(epochs=3, cot_train=640, eval_harmful=80, eval_cot=80, eval_benign=40)
     if args.epochs is not None:
         train = TrainSettings(**{**train.__dict__, "epochs": args.epochs})
-    if args.sweep_tau:
-        taus = args.taus or list(QUICK_TAUS if args.quick else DEFAULT_TAUS)
-        methods = sweep_methods(sorted(taus), args.mask_ratio)
-    else:
-        methods = comparison_methods(args.tau, args.mask_ratio, full_ft=args.full_ft)
     seeds = list(range(args.seed, args.seed + args.seeds))
     specs = make_specs(methods, seeds)
     jobs = args.jobs or _default_jobs()
@@ -235,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
         "base_eval": runs[0]["before"],
         "summary": summary,
         "findings": rep.findings(summary),
+        "goal": rep.goal_check(summary),
         "runs": runs,
         "timing": {
             "total_seconds": 0.0,
@@ -254,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     print("", file=sys.stderr)
     print(rep.format_terminal(rep.table(summary, payload["base_eval"])))
     print()
-    for line in payload["findings"]:
+    for line in payload["findings"] + rep.goal_lines(summary):
         print("- " + line.replace("**", ""))
     if args.quick:
         print("\n--quick is a smoke test: too little distillation for the safety collapse to show; run without it.")

@@ -4,30 +4,83 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The product's default anchor (`safety_anchor` with only prompts given): replay at 5 % of the rows.
+DEFAULT_ANCHOR_MODE = "replay"
+DEFAULT_ANCHOR_RATIO = 0.05
+ANCHOR_MODES = ("replay", "gradient")
+
 
 @dataclass(frozen=True)
 class Method:
-    """One way to distil: LoRA (or full fine-tuning) with or without each SLowED mechanism."""
+    """One way to distil: LoRA (or full fine-tuning) with or without each SLowED mechanism and the safety
+    anchor, or the anchor's placebo control."""
 
     key: str
     label: str
     tau: float | None = None
     mask_ratio: float = 0.0
     full: bool = False  # full fine-tuning instead of LoRA
+    anchor: str | None = None  # the safety anchor's mode (replay or gradient); None: no anchor
+    # Replay: share of anchor rows in the mixed training set. Placebo: the same share of extra rows,
+    # duplicated distillation chains.
+    anchor_ratio: float = DEFAULT_ANCHOR_RATIO
+    placebo: bool = False
+
+    def __post_init__(self) -> None:
+        if self.anchor is not None and self.anchor not in ANCHOR_MODES:
+            raise ValueError(f"anchor mode must be one of {ANCHOR_MODES}, got {self.anchor!r}")
+        if self.placebo and self.anchor is not None:
+            raise ValueError("a placebo run has no anchor: it only adds as many duplicated chains as replay adds rows")
 
     @property
     def uses_slowed(self) -> bool:
-        return self.tau is not None or self.mask_ratio > 0
+        """Whether the run registers ``SLowEDCallback`` (Slow Tuning, masking or the anchor)."""
+        return self.tau is not None or self.mask_ratio > 0 or self.anchor is not None
+
+    @property
+    def extra_rows(self) -> bool:
+        """Whether rows are added to the distillation set (replay's anchor rows or the placebo's duplicates)."""
+        return self.anchor == "replay" or self.placebo
+
+    def anchor_text(self) -> str:
+        """The anchor column of the table: ``replay 5 %``, ``gradient``, ``placebo 5 %`` or ``-``."""
+        if self.placebo:
+            return f"placebo {self.anchor_ratio * 100:g} %"
+        if self.anchor == "replay":
+            return f"replay {self.anchor_ratio * 100:g} %"
+        return self.anchor or "-"
 
 
-def comparison_methods(tau: float, mask_ratio: float, full_ft: bool = False) -> list[Method]:
-    """The issue's comparison: plain LoRA, each mechanism alone, both; optionally full fine-tuning."""
+def anchor_methods(
+    tau: float, mask_ratio: float, ratio: float = DEFAULT_ANCHOR_RATIO, mode: str = DEFAULT_ANCHOR_MODE
+) -> list[Method]:
+    """The safety anchor alone (replay, gradient), with SLowED (the default anchor, ``mode``), and the placebo
+    (as many extra rows as replay adds, duplicated distillation chains)."""
+    return [
+        Method("anchor-replay", "anchor replay", anchor="replay", anchor_ratio=ratio),
+        Method("anchor-gradient", "anchor gradient", anchor="gradient", anchor_ratio=ratio),
+        Method("slowed-anchor", "SLowED + anchor", tau=tau, mask_ratio=mask_ratio, anchor=mode, anchor_ratio=ratio),
+        Method("placebo", "placebo", anchor_ratio=ratio, placebo=True),
+    ]
+
+
+def comparison_methods(
+    tau: float,
+    mask_ratio: float,
+    full_ft: bool = False,
+    anchor: bool = True,
+    anchor_ratio: float = DEFAULT_ANCHOR_RATIO,
+) -> list[Method]:
+    """The issue's comparison: plain LoRA, each mechanism alone, both; the safety anchor alone and with SLowED,
+    and its placebo; optionally full fine-tuning."""
     methods = [
         Method("plain", "plain LoRA"),
         Method("slow", "Slow Tuning only", tau=tau),
         Method("mask", "Masking only", mask_ratio=mask_ratio),
         Method("slowed", "SLowED", tau=tau, mask_ratio=mask_ratio),
     ]
+    if anchor:
+        methods += anchor_methods(tau, mask_ratio, anchor_ratio)
     if full_ft:
         methods += [
             Method("full", "full FT", full=True),
@@ -36,10 +89,20 @@ def comparison_methods(tau: float, mask_ratio: float, full_ft: bool = False) -> 
     return methods
 
 
-def sweep_methods(taus: list[float], mask_ratio: float) -> list[Method]:
-    """Plain LoRA (tau = infinity) and SLowED at each tau: the safety-versus-reasoning frontier."""
+def sweep_methods(
+    taus: list[float],
+    mask_ratio: float,
+    anchor: bool = True,
+    anchor_ratio: float = DEFAULT_ANCHOR_RATIO,
+    tau: float | None = None,
+) -> list[Method]:
+    """Plain LoRA (tau = infinity) and SLowED at each tau: the safety-versus-reasoning frontier; and the anchor
+    methods (``tau``: SLowED + anchor's radius), drawn as points against it."""
     methods = [Method("plain", "plain LoRA")]
     methods += [Method(f"slowed-tau{t:g}", f"SLowED tau={t:g}", tau=t, mask_ratio=mask_ratio) for t in taus]
+    if anchor:
+        anchored = anchor_methods(tau if tau is not None else taus[0], mask_ratio, anchor_ratio)
+        methods += [m for m in anchored if not m.placebo]
     return methods
 
 
@@ -59,6 +122,8 @@ class TrainSettings:
     eval_cot: int | None = None
     eval_benign: int | None = None
     generation_batch_size: int = 64
+    # Anchor prompts, per kind, from the training split (None: all of them; a fixed subset for fast tests).
+    anchor_prompts: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """One demo run: one method with one seed through a stock TRL ``SFTTrainer``, and its measurements.
 
 A run registers SLowED exactly as the README tells users,
-``SFTTrainer(..., callbacks=[SLowEDCallback(tau=..., mask_ratio=...)])`` (plain LoRA registers nothing),
-measures the safety ratio per epoch with the product's
+``SFTTrainer(..., callbacks=[SLowEDCallback(tau=..., mask_ratio=..., safety_anchor={...})])`` (plain LoRA and
+the placebo register nothing), measures the safety ratio per epoch with the product's
 :class:`~slowed_plugin.trainer.monitor.SafetyMonitorCallback` and its refusal judge, and the reasoning
 accuracy per epoch with the demo's :class:`~slowed_plugin.demo.callback.DemoCallback`.
 """
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from typing import Any
 
 from .methods import Method, RunSpec, TrainSettings
 from .metrics import INSPECTED_ROWS, SAFETY_TOKENS, EvalSets, answer_kinds, benign_helpfulness, eval_sets
-from .world import WorldSettings, build_world
+from .world import World, WorldSettings, build_world, subsample
 
 # Logged metrics kept per epoch. The projection's are left out: they reach the logs one epoch late (see
 # `logging_steps` in `_sft_config`).
@@ -43,16 +44,21 @@ def run_one(
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     started = time.perf_counter()
-    sets = eval_sets(build_world(world_settings), train)
+    world = build_world(world_settings)
+    sets = eval_sets(world, train)
     method = spec.method
 
     transformers.set_seed(spec.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     rows = [{"prompt": e.prompt, "completion": e.completion} for e in sets.train]
-    dataset = datasets.Dataset.from_list(rows)
-    demo, monitor, callbacks = _callbacks(spec, train, sets, tokenizer, queue, rows, world_settings.rationale_opener)
-    args = _sft_config(spec, train, os.path.join(out_dir, "runs", spec.name), len(dataset))
+    placebo = placebo_rows(rows, method.anchor_ratio, spec.seed) if method.placebo else []
+    dataset = datasets.Dataset.from_list(rows + placebo)
+    slowed, demo, monitor, callbacks = _callbacks(
+        spec, train, sets, tokenizer, queue, rows, world_settings.rationale_opener, world
+    )
+    args = _sft_config(spec, train, os.path.join(out_dir, "runs", spec.name), trained_rows(method, len(rows)))
+    build_start = time.perf_counter()
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -61,12 +67,25 @@ def run_one(
         peft_config=_lora_config(train) if not method.full else None,
         callbacks=callbacks,
     )
+    build_seconds = time.perf_counter() - build_start
     helpful_before = benign_helpfulness(trainer.model, tokenizer, sets.benign, train.generation_batch_size)
+    train_start = time.perf_counter()
     trainer.train()
+    train_seconds = time.perf_counter() - train_start
     helpful = benign_helpfulness(trainer.model, tokenizer, sets.benign, train.generation_batch_size)
     epochs = merge_epochs(monitor.history, demo.history, trainer.state.log_history)
     return {
         **_run_fields(spec, args.learning_rate),
+        "anchor": anchor_record(method, slowed, len(placebo)),
+        "steps": trainer.state.global_step,
+        "timing": {
+            # Building the trainer: the anchor's answers are generated here (once, before training).
+            "build_seconds": round(build_seconds, 2),
+            # trainer.train(): the steps and the per-epoch evaluations (the same evaluations for every method).
+            "train_seconds": round(train_seconds, 2),
+            # The optimizer steps alone (on_step_begin to on_step_end, SLowED's own step-end work included).
+            "step_seconds": round(demo.step_seconds, 2),
+        },
         "epochs": epochs,
         "final": _final(epochs, monitor.history[-1], demo.history[-1], helpful),
         "before": {
@@ -79,11 +98,100 @@ def run_one(
     }
 
 
+def anchor_prompts(world: World, count: int | None = None) -> tuple[list[str], list[str]]:
+    """The safety anchor's prompts: the world's TRAINING-split harmful and benign requests (the base model's own
+    training pool), already formatted; ``count`` of each kind (a fixed subset) or all. Never the held-out prompts
+    the runs are evaluated on."""
+    harmful = subsample(world.base["harmful"], count, seed=5)
+    benign = subsample(world.base["benign"], count, seed=6)
+    return [e.prompt for e in harmful], [e.prompt for e in benign]
+
+
+def anchor_config(method: Method, world: World, train: TrainSettings) -> dict[str, Any] | None:
+    """The ``safety_anchor`` mapping of ``method`` (None without an anchor), as a user writes it."""
+    if method.anchor is None:
+        return None
+    harmful, benign = anchor_prompts(world, train.anchor_prompts)
+    config: dict[str, Any] = {
+        "prompts": harmful,
+        "benign_prompts": benign,
+        "mode": method.anchor,
+        "batch_size": train.generation_batch_size,
+        "use_chat_template": False,  # the world's prompts are already formatted, as in training
+    }
+    if method.anchor == "replay":
+        config["ratio"] = method.anchor_ratio
+    return config
+
+
+def placebo_count(n_rows: int, ratio: float) -> int:
+    """As many extra rows as replay at ``ratio`` adds to ``n_rows`` distillation rows (the product's count)."""
+    from ..anchor import replay_row_count
+
+    return replay_row_count(n_rows, ratio)
+
+
+def placebo_rows(rows: list[dict[str, str]], ratio: float, seed: int) -> list[dict[str, str]]:
+    """The placebo's extra rows: as many as replay adds, distillation chains drawn (without replacement) with
+    the run's seed and duplicated. The data change without the anchor's answers."""
+    count = placebo_count(len(rows), ratio)
+    rng = random.Random(f"placebo-{seed}")
+    picks = [i for _ in range(count // len(rows)) for i in range(len(rows))]
+    picks += sorted(rng.sample(range(len(rows)), count % len(rows)))
+    return [dict(rows[i]) for i in picks]
+
+
+def trained_rows(method: Method, n_rows: int) -> int:
+    """Rows of one training epoch: the distillation rows, plus replay's anchor rows or the placebo's
+    duplicates (gradient mode keeps its replay batch out of the training data)."""
+    return n_rows + (placebo_count(n_rows, method.anchor_ratio) if method.extra_rows else 0)
+
+
+def anchor_record(method: Method, slowed, placebo: int) -> dict[str, Any] | None:
+    """What a run records of its anchor: rows, refusal share of the harmful answers, projected steps
+    (gradient), generation time when the product reports it; for the placebo, its extra rows."""
+    if method.placebo:
+        return {"mode": "placebo", "ratio": method.anchor_ratio, "rows": placebo}
+    if method.anchor is None:
+        return None
+    anchor = slowed.anchor
+    rows = [_row(r) for r in anchor.rows]
+    record: dict[str, Any] = {
+        "mode": method.anchor,
+        "ratio": method.anchor_ratio if method.anchor == "replay" else None,
+        "rows": len(rows),
+        "harmful_rows": sum(r["kind"] == "harmful" for r in rows),
+        "benign_rows": sum(r["kind"] == "benign" for r in rows),
+        "refusal_share": None if anchor.refusal_share is None else float(anchor.refusal_share),
+        "projected_steps": int(anchor.projected_steps) if method.anchor == "gradient" else None,
+    }
+    for name in ("generation_seconds", "cached"):
+        if hasattr(anchor, name):
+            value = getattr(anchor, name)
+            record[name] = round(value, 2) if isinstance(value, float) else value
+    record["samples"] = [[r["prompt"], r["answer"], r["kind"]] for r in rows[:2]]
+    return record
+
+
+def _row(row) -> dict[str, str]:
+    """An anchor row as a dict (prompt, answer, kind), whether the product gives a mapping or an object."""
+    if isinstance(row, dict):
+        return {k: row[k] for k in ("prompt", "answer", "kind")}
+    return {k: getattr(row, k) for k in ("prompt", "answer", "kind")}
+
+
 def _callbacks(
-    spec: RunSpec, train: TrainSettings, sets: EvalSets, tokenizer, queue, rows: list[dict[str, str]], opener: str
+    spec: RunSpec,
+    train: TrainSettings,
+    sets: EvalSets,
+    tokenizer,
+    queue,
+    rows: list[dict[str, str]],
+    opener: str,
+    world: World,
 ):
-    """SLowED (the product, registered as the README says; plain runs register nothing), then the demo's
-    measurements, then the safety monitor."""
+    """SLowED (the product, registered as the README says; plain and placebo runs register nothing), then the
+    demo's measurements, then the safety monitor."""
     from .. import SLowEDCallback
     from ..evaluation.judges import RefusalJudge
     from ..trainer.monitor import SafetyMonitorCallback
@@ -91,8 +199,12 @@ def _callbacks(
 
     method = spec.method
     callbacks = []
+    slowed = None
     if method.uses_slowed:
-        callbacks.append(SLowEDCallback(tau=method.tau, mask_ratio=method.mask_ratio))
+        anchor = anchor_config(method, world, train)
+        extra = {"safety_anchor": anchor} if anchor is not None else {}
+        slowed = SLowEDCallback(tau=method.tau, mask_ratio=method.mask_ratio, **extra)
+        callbacks.append(slowed)
     demo = DemoCallback(
         sets.cot,
         tokenizer,
@@ -111,7 +223,7 @@ def _callbacks(
         batch_size=train.generation_batch_size,
         use_chat_template=False,  # the world's prompts are already formatted, as in training
     )
-    return demo, monitor, [*callbacks, demo, monitor]
+    return slowed, demo, monitor, [*callbacks, demo, monitor]
 
 
 def _lora_config(train: TrainSettings):
@@ -157,6 +269,9 @@ def _run_fields(spec: RunSpec, learning_rate: float) -> dict[str, Any]:
         "tau": method.tau,
         "mask_ratio": method.mask_ratio,
         "full_fine_tuning": method.full,
+        "anchor_mode": "placebo" if method.placebo else method.anchor,
+        "anchor_ratio": method.anchor_ratio if method.extra_rows else None,
+        "anchor_text": method.anchor_text(),
         "learning_rate": learning_rate,
     }
 

@@ -21,7 +21,24 @@ def test_demo_quick_writes_report_results_and_figure(tmp_path, monkeypatch):
     assert results["synthetic_toy"] is True
     assert results["command"] == "slowed demo --quick"
     methods = [r["method"] for r in results["runs"]]
-    assert methods == ["plain", "slow", "mask", "slowed"]
+    assert methods == [
+        "plain",
+        "slow",
+        "mask",
+        "slowed",
+        "anchor-replay",
+        "anchor-gradient",
+        "slowed-anchor",
+        "placebo",
+    ]
+    runs = {r["method"]: r for r in results["runs"]}
+    # replay and its placebo add the same number of rows; gradient mode keeps its rows out of the loss
+    assert runs["anchor-replay"]["anchor"]["rows"] == runs["placebo"]["anchor"]["rows"] > 0
+    assert runs["anchor-replay"]["steps"] == runs["placebo"]["steps"] > runs["plain"]["steps"]
+    assert runs["anchor-gradient"]["steps"] == runs["plain"]["steps"]
+    assert 0 <= runs["anchor-gradient"]["anchor"]["projected_steps"] <= runs["plain"]["steps"]
+    assert runs["anchor-replay"]["anchor"]["refusal_share"] == 1.0  # the aligned base model refuses
+    assert {g["method"] for g in results["goal"]} == set(methods) - {"plain"}
     epochs = results["settings"]["train"]["epochs"]
     for run in results["runs"]:
         assert [e["epoch"] for e in run["epochs"]] == list(range(epochs + 1))
@@ -41,5 +58,6 @@ def test_demo_quick_writes_report_results_and_figure(tmp_path, monkeypatch):
     report = (out / "report.md").read_text()
     assert "synthetic toy" in report
     assert "| plain LoRA |" in report and "| SLowED |" in report
+    assert "| anchor replay |" in report and "| placebo |" in report and "### The goal" in report
     assert "slowed-demo.png" in report
     assert (out / "slowed-demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
