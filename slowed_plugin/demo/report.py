@@ -464,7 +464,7 @@ def plot_curves(summary: dict[str, Any], path: str | Path, title: str) -> None:
 def plot_frontier(summary: dict[str, Any], path: str | Path, title: str) -> None:
     """Last-epoch safety against reasoning accuracy, one point per tau (plain LoRA is tau = infinity)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8.6, 4.8), constrained_layout=True)
     points = []
     off_curve = ("*", "D", "P", "X", "v")
     n_off = 0
@@ -492,7 +492,8 @@ def plot_frontier(summary: dict[str, Any], path: str | Path, title: str) -> None
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    # Beside the axes: the points near safety 1 and reasoning .5 (the anchor's) are where a legend would go.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.set_title(title, fontsize=10)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))
     plt.close(fig)
