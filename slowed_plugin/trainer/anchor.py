@@ -277,11 +277,13 @@ class SafetyAnchor:
         n = len(self.dataset)
         size = min(size, n)
         start = step * size
-        indices = []
+        indices, orders = [], {}
         for position in range(start, start + size):
             cycle, offset = divmod(position, n)
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.settings["seed"] * 100_003 + cycle))
-            indices.append(int(order[offset]))
+            if cycle not in orders:  # one permutation per pass through the rows, seeded by the pass
+                seed = self.settings["seed"] * 100_003 + cycle
+                orders[cycle] = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            indices.append(int(orders[cycle][offset]))
         features = [self.dataset[i] for i in indices]
         batch = trainer.data_collator(features)
         device = next(trainer.model.parameters()).device
