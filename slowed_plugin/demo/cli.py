@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 
+from ..anchor import DEFAULTS
 from ..files import atomic_write_text
 
 DEFAULT_OUT = "./slowed-demo"
@@ -23,7 +24,7 @@ DEFAULT_TAU = 1.5
 DEFAULT_MASK_RATIO = 0.2
 DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 # The product's default anchor ratio (replay); the demo's anchor methods use it unless --anchor-ratio is given.
-DEFAULT_ANCHOR_RATIO = 0.05
+DEFAULT_ANCHOR_RATIO: float = DEFAULTS["ratio"]
 QUICK_TAUS = (0.5, 1.5)
 
 

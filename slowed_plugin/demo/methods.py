@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The product's default anchor (`safety_anchor` with only prompts given): replay at 5 % of the rows.
-DEFAULT_ANCHOR_MODE = "replay"
-DEFAULT_ANCHOR_RATIO = 0.05
-ANCHOR_MODES = ("replay", "gradient")
+from ..anchor import DEFAULTS, MODES
+
+# The product's default anchor (`safety_anchor` with only prompts given), read from the product, not restated.
+DEFAULT_ANCHOR_MODE: str = DEFAULTS["mode"]
+DEFAULT_ANCHOR_RATIO: float = DEFAULTS["ratio"]
+ANCHOR_MODES = MODES
 
 
 @dataclass(frozen=True)
