@@ -3,9 +3,9 @@
 It is not shipped with the package: the first run builds it (a couple of minutes on 2 cores) and
 stores it under ``$SLOWED_CACHE`` (default ``~/.cache/slowed-plugin``) in a folder named after a hash
 of every world and training setting, so a changed setting builds a new one and the same command
-rebuilds the same bits. The build fixes its thread count, its seeds and its data order; bit-for-bit
-equality holds for the same torch build on the same kind of CPU (float reductions can differ in the
-last bits across CPU instruction sets).
+rebuilds the same bits. The build fixes its thread count, its seeds and its data order, and runs in a
+worker process with the demo's pinned floating point (:mod:`.numerics`), so that every x86-64 CPU with
+AVX2 builds the same bits with the same torch build: :data:`REFERENCE_SHA256`.
 
 Training is a plain torch loop over the same token sequences TRL's ``SFTTrainer`` builds for a
 prompt/completion dataset: ``<s>`` + prompt + completion + ``</s>``, loss on the completion only.
@@ -27,8 +27,11 @@ from pathlib import Path
 
 from .world import World, WorldSettings, build_world
 
-# Bump when the build code changes in a way that changes the weights.
-BUILD_VERSION = 1
+# Bump when the build code changes in a way that changes the weights. 2: built with the pinned floating point.
+BUILD_VERSION = 2
+# ``state_sha256`` of the default settings' build under the pin (torch 2.13 CPU); the report says whether a
+# build matches it.
+REFERENCE_SHA256: str | None = None  # recorded from the first pinned build
 META_FILE = "slowed_demo_base.json"
 
 
@@ -163,6 +166,7 @@ def build_base_model(
     from tqdm.auto import tqdm
 
     from ..tiny import build_model, build_tokenizer, vocab_size
+    from .numerics import numerics_record
 
     out = Path(out)
     world = world or build_world(settings.world)
@@ -228,6 +232,7 @@ def build_base_model(
             "loss": losses,
             "state_sha256": state_digest(model),
             "torch": torch.__version__,
+            "numerics": numerics_record(),
         }
         (out / META_FILE).write_text(json.dumps(meta, indent=1))
         return model, tokenizer

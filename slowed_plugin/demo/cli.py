@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from . import report as rep
-    from .base_model import BaseSettings, cached_path, is_cached, load_meta
+    from .base_model import REFERENCE_SHA256, BaseSettings, cached_path, is_cached, load_meta
     from .methods import TrainSettings, make_specs
     from .metrics import COT_TOKENS, INSPECTED_ROWS, SAFETY_TOKENS, eval_sets
     from .workers import build_base, execute
@@ -293,10 +293,14 @@ def run(args: argparse.Namespace) -> int:
             "cached": cached,
             "parameters": meta["parameters"],
             "state_sha256": meta["state_sha256"],
+            "reference_sha256": REFERENCE_SHA256 if base_settings == BaseSettings() else None,
+            "numerics": meta.get("numerics"),
             "settings": meta["settings"],
             "train_seconds": meta["train_seconds"],
         },
         "base_eval": runs[0]["before"],
+        # Where the numbers were made (CPU, ATen dispatch, MKL branch): equal on every run's worker.
+        "numerics": runs[0]["numerics"],
         "summary": summary,
         "findings": rep.findings(summary),
         "goal": rep.goal_check(summary),

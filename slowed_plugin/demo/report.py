@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write, atomic_write_text
+from .numerics import describe
 
 FIGURE = "slowed-demo.png"
 FRONTIER = "frontier.png"
@@ -506,6 +507,16 @@ def write_results(out: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
+def _reference_note(base: dict[str, Any]) -> str:
+    """Whether the base model has the documented weights (default settings only)."""
+    reference = base.get("reference_sha256")
+    if not reference:
+        return ""
+    if base["state_sha256"] == reference:
+        return "; the documented weights, bit for bit"
+    return f"; NOT the documented weights ({reference[:16]}...): the numbers below can differ from the docs'"
+
+
 def render_report(payload: dict[str, Any]) -> str:
     """``report.md`` from the results payload (the same dict that goes to ``results.json``)."""
     summary = payload["summary"]
@@ -661,7 +672,10 @@ def render_report(payload: dict[str, Any]) -> str:
         "verb/object pairs never seen in training; held-out chains are disjoint from every training chain.",
         f"- Base model: {base['parameters']:,} parameters, {base['settings']['steps']} steps of batch "
         f"{base['settings']['batch_size']} ({'loaded from cache' if base['cached'] else 'built by this run'}: "
-        f"`{base['path']}`, key {base['key']}, weights sha256 {base['state_sha256'][:16]}...).",
+        f"`{base['path']}`, key {base['key']}, weights sha256 {base['state_sha256'][:16]}...)"
+        + _reference_note(base)
+        + ".",
+        "- Numerics: " + (describe(payload["numerics"]) if payload.get("numerics") else "not recorded."),
         f"- Distillation: {train['epochs']} epochs, batch {train['batch_size']}, AdamW, constant LR "
         f"{train['learning_rate']:g} after {train['warmup_steps']} warm-up steps; LoRA rank {train['lora_r']}, "
         f"alpha {train['lora_alpha']}, all linear layers"

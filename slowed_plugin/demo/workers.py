@@ -1,6 +1,7 @@
 """Process machinery: runs (and the base-model build) go to spawn-context worker processes, one torch thread
 each, so that results do not depend on how many run at once (``--jobs``); each worker's output goes to
-``logs/<run>.log`` and its progress messages to the parent's display."""
+``logs/<run>.log`` and its progress messages to the parent's display. The workers start with the demo's pinned
+floating point (:mod:`.numerics`), so that results do not depend on the CPU either."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .methods import RunSpec, TrainSettings
+from .numerics import numerics_record, pinned_environment
 from .progress import BASE_INDEX, BaseProgress, RunProgress
 from .run import run_one
 from .world import WorldSettings
@@ -67,7 +69,7 @@ def _logged(log_path: Path, what: str):
 def _worker_run(spec, train, world_settings, base_dir, out_dir, queue) -> dict[str, Any]:
     """One run in a worker process, its output in ``logs/<run>.log``."""
     with _logged(Path(out_dir) / "logs" / f"{spec.name}.log", f"run {spec.name}"):
-        return run_one(spec, train, world_settings, base_dir, out_dir, queue)
+        return {**run_one(spec, train, world_settings, base_dir, out_dir, queue), "numerics": numerics_record()}
 
 
 def _worker_build_base(settings, log_path: str, queue) -> str:
@@ -85,7 +87,8 @@ def _worker_build_base(settings, log_path: str, queue) -> str:
 
 @contextlib.contextmanager
 def _workers(display, max_workers: int):
-    """A spawn-context process pool, and a thread that feeds the workers' progress messages to ``display``."""
+    """A spawn-context process pool whose workers start with the pinned floating point, and a thread that feeds
+    the workers' progress messages to ``display``."""
     import multiprocessing as mp
     import queue as queue_module
     import threading
@@ -109,7 +112,10 @@ def _workers(display, max_workers: int):
     thread.start()
     pool = ProcessPoolExecutor(max_workers=max_workers, mp_context=context)
     try:
-        yield pool, messages
+        # Workers are spawned on submit, inside this block: they inherit the pin, the caller gets its
+        # environment back afterwards.
+        with pinned_environment():
+            yield pool, messages
         pool.shutdown(wait=True)
     except BaseException:
         # Ctrl-C or a failed run: do not leave workers training in the background.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 
 import pytest
 
@@ -54,10 +55,16 @@ def test_demo_quick_writes_report_results_and_figure(tmp_path, monkeypatch):
     # every run starts from the same base model, measured the same way
     assert len({json.dumps(r["epochs"][0]["safety_ratio"]) for r in results["runs"]}) == 1
     assert set(results["summary"]) == set(methods)
+    # where the numbers were made; on x86-64 the workers ran pinned and the base model has the recorded bits
+    assert {r["numerics"]["cpu"] for r in results["runs"]} == {results["numerics"]["cpu"]}
+    if platform.machine() == "x86_64":
+        assert all(r["numerics"]["pinned"] for r in results["runs"]) and results["base_model"]["numerics"]["pinned"]
+        assert results["base_model"]["state_sha256"] == results["base_model"]["reference_sha256"] is not None
 
     report = (out / "report.md").read_text()
     assert "synthetic toy" in report
     assert "| plain LoRA |" in report and "| SLowED |" in report
     assert "| anchor replay |" in report and "| placebo |" in report and "### The goal" in report
     assert "slowed-demo.png" in report
+    assert "- Numerics: Floating point" in report
     assert (out / "slowed-demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
