@@ -61,7 +61,7 @@ class SLowEDPlugin(BasePlugin):
         config = slowed_config(cfg)
         if config is None:
             return []
-        if not (config.active or getattr(config, "safety_monitor", None)):
+        if not (config.active or config.safety_monitor):
             LOG.info(f"{config.describe()} (`slowed:` turns both off; the trainer is left unchanged)")
             return []
         callback = SLowEDCallback(config)

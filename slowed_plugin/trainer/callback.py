@@ -26,7 +26,7 @@ from ..config import SLowEDConfig
 from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
 from ..log import get_logger
-from ..rules import anchor_missing_file, anchor_overlap, check_trainer
+from ..rules import anchor_source_problem, check_trainer
 from . import patches
 from .anchor import Frontend, SafetyAnchor, trl_frontend
 from .binding import calling_trainer
@@ -34,14 +34,9 @@ from .checkpoint import REFERENCE_FILE, load_reference, save_reference
 from .loss import MaskedCausalLMLoss
 from .metrics import METRICS, SLowEDMetrics
 
-__all__ = ["METRICS", "REFERENCE_FILE", "SLowEDCallback", "online_masking"]
+__all__ = ["METRICS", "REFERENCE_FILE", "SLowEDCallback"]
 
 logger = get_logger()
-
-
-def online_masking(config: SLowEDConfig) -> bool:
-    """Whether masking runs in the training step (`online`), not once on the dataset (`reference`)."""
-    return config.masking and config.entropy_source == "online"
 
 
 class SLowEDCallback(TrainerCallback):
@@ -56,7 +51,7 @@ class SLowEDCallback(TrainerCallback):
         if config is not None and kwargs:
             raise ValueError("Pass SLowED settings either as `config` or as keywords, not both.")
         self.config = SLowEDConfig.from_value(config if config is not None else kwargs)
-        problem = anchor_missing_file(self.config) or anchor_overlap(self.config)
+        problem = anchor_source_problem(self.config)
         if problem is not None:  # before the model is handed over
             raise SLowEDConfigError(problem)
         self.trainer: Trainer | None = None
@@ -77,7 +72,7 @@ class SLowEDCallback(TrainerCallback):
         self.announce_start = True
         # Guards that masking really trains (another component may compute the loss instead).
         self._loss_func_at_attach: Any = None
-        self._verified = not online_masking(self.config)
+        self._verified = not self.config.online_masking
 
     # ------------------------------------------------------------------ attaching
     def attach(self, trainer: Trainer) -> None:
@@ -97,7 +92,7 @@ class SLowEDCallback(TrainerCallback):
                 self.config.reference_device,
                 engine=lambda: getattr(trainer, "deepspeed", None),  # DeepSpeed's engine, once training started
             )
-        if online_masking(self.config):
+        if self.config.online_masking:
             model = trainer.model
             causal = model.get_base_model() if hasattr(model, "get_base_model") else model
             self._loss = MaskedCausalLMLoss(
@@ -114,7 +109,7 @@ class SLowEDCallback(TrainerCallback):
             self.anchor.build(trainer, make_frontend(trainer, self.anchor.settings))
             if self.anchor.mode == "replay":
                 dataset = self.anchor.mixed(dataset)
-        if self.config.masking and not online_masking(self.config):
+        if self.config.masking and not self.config.online_masking:
             dataset = _reference_masked_dataset(trainer, self.config, dataset)
         self._train_dataset = dataset if dataset is not trainer.train_dataset else None
         self.trainer = trainer
@@ -170,14 +165,14 @@ class SLowEDCallback(TrainerCallback):
             self.attach(trainer)
         elif not self.patches.active:  # a second `train()` after the first one's end undid the patches
             self._install()
-        if online_masking(self.config):
+        if self.config.online_masking:
             self._warmup_kernels(args)
         self._projections = []
         if self.announce_start and state.is_world_process_zero:
             self.log.info(self.config.describe())
         if self.tuner is not None and self.tuner.dense and state.global_step > 0:
             load_reference(self.tuner, args.output_dir, state.global_step)
-        if online_masking(self.config) and self.trainer.compute_loss_func is not self._loss_func_at_attach:
+        if self.config.online_masking and self.trainer.compute_loss_func is not self._loss_func_at_attach:
             raise RuntimeError(
                 "SLowED: the trainer's `compute_loss_func` was replaced after SLowED attached "
                 f"(now {self.trainer.compute_loss_func!r}), so its loss would train unmasked. Install that loss "
@@ -284,10 +279,6 @@ class SLowEDCallback(TrainerCallback):
         seconds = warmup(vocab, tuple(dtypes), param.device, scale, softcap, paths=(path,))
         if seconds > 1:
             logger.info("SLowED: fused loss kernels ready in %.1f s (compiled once per process).", seconds)
-
-    def drain_metrics(self) -> dict[str, float]:
-        """Metrics accumulated since the last call (reduced over processes), then reset."""
-        return self.metrics.drain()
 
 
 def _unbound_tau_warning(tau: float, report: ProjectionReport, step: int) -> str:
