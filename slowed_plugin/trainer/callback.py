@@ -28,11 +28,11 @@ from ..core.slow_tuning import ProjectionReport, SlowTuner
 from ..log import get_logger
 from ..rules import anchor_source_problem, check_trainer
 from . import patches
-from .anchor import Frontend, SafetyAnchor, trl_frontend
 from .binding import calling_trainer
 from .checkpoint import REFERENCE_FILE, load_reference, save_reference
 from .loss import MaskedCausalLMLoss
 from .metrics import METRICS, SLowEDMetrics
+from .safety_anchor import Frontend, SafetyAnchor, trl_frontend
 
 __all__ = ["METRICS", "REFERENCE_FILE", "SLowEDCallback"]
 
@@ -57,7 +57,11 @@ class SLowEDCallback(TrainerCallback):
         self.trainer: Trainer | None = None
         self.tuner: SlowTuner | None = None
         self.metrics = SLowEDMetrics(self.config.masking)
-        self.patches: patches.Patches | None = None
+        self.patches: patches.Patches | None = None  # undone at train end (and installed again by a new train())
+        self._attached: patches.Patches | None = None  # undone by detach(): the monitor callback
+        # Changes a front end adds to each installation (Axolotl: its step count recounted with the replay rows).
+        self.installers: list[Callable[[patches.Patches, Trainer], None]] = []
+        self.monitor: Any = None
         self._loss: MaskedCausalLMLoss | None = None
         self._train_dataset: Any = None  # the training set SLowED trains on instead (anchor rows, reference mask)
         self.anchor: SafetyAnchor | None = None
@@ -116,17 +120,21 @@ class SLowEDCallback(TrainerCallback):
         self._seen_listed = self in trainer.callback_handler.callbacks
         self._install()
         self._loss_func_at_attach = trainer.compute_loss_func
+        self._attached = patches.Patches()
         if self.config.safety_monitor:
             from .monitor import SafetyMonitorCallback
 
-            monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor))
-            trainer.add_callback(monitor)
-            monitor.attach(trainer)
+            self.monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor))
+            self._attached.add_callback(trainer, self.monitor)
+            self.monitor.attach(trainer)
 
     def detach(self) -> None:
-        """Undo every patch on the trainer (also done at train end) and forget it."""
+        """Undo every change SLowED made to the trainer (the patches are also undone at train end; the monitor
+        callback it registered is removed here) and forget it."""
         if self.patches is not None:
             self.patches.undo()
+        if self._attached is not None:
+            self._attached.undo()
         self.trainer = None
 
     def _install(self) -> None:
@@ -144,6 +152,8 @@ class SLowEDCallback(TrainerCallback):
             write_reference = self._save_reference if self.tuner.dense else None
             patches.install_checkpoint_hook(installed, trainer, self._project_before_checkpoint, write_reference)
         patches.install_metrics_log(installed, trainer, self.metrics.drain)
+        for install in self.installers:
+            install(installed, trainer)
 
     def _registered(self) -> bool:
         # Axolotl attaches before it registers the callback: only a callback seen listed and then gone was removed.
