@@ -316,7 +316,7 @@ def _ends_epoch(state: TrainerState) -> bool:
 
 def _reference_masked_dataset(trainer: Trainer, config: SLowEDConfig, dataset: Any) -> Any:
     """`entropy_source: reference`: ``dataset`` masked once with the initial model's entropies."""
-    from ..core.reference_mask import apply_reference_mask
+    from .reference_dataset import apply_reference_mask
 
     if not (hasattr(dataset, "map") and hasattr(dataset, "__len__") and "input_ids" in dataset.column_names):
         raise ValueError(
