@@ -109,3 +109,12 @@ def _cpu_flags() -> set[str]:
             return {f for line in info if line.startswith("flags") for f in line.split(":", 1)[1].split()}
     except OSError:
         return set()
+
+
+def test_the_report_says_whether_the_base_model_has_the_documented_weights():
+    from slowed_plugin.demo.base_model import REFERENCE_SHA256
+    from slowed_plugin.demo.report import _reference_note
+
+    assert "bit for bit" in _reference_note({"state_sha256": REFERENCE_SHA256, "reference_sha256": REFERENCE_SHA256})
+    assert "NOT the documented" in _reference_note({"state_sha256": "0" * 64, "reference_sha256": REFERENCE_SHA256})
+    assert _reference_note({"state_sha256": "0" * 64, "reference_sha256": None}) == ""  # other settings
