@@ -66,3 +66,21 @@ def test_slowed_recipes_lists_and_copies(tmp_path, capsys):
     assert main(["recipes", "copy", "tiny-cpu.yaml", str(tmp_path / "out")]) == 2  # exists: no silent overwrite
     assert main(["recipes", "copy", "no-such-recipe", str(tmp_path)]) == 2
     assert "no recipe `no-such-recipe`" in capsys.readouterr().err
+
+
+def test_slowed_recipes_gives_each_recipe_a_whole_sentence(tmp_path, capsys):
+    from slowed_plugin.cli import main
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.split("\n\n")[0].splitlines()  # the listing, before the closing hint
+    listing = {line.split()[0]: line.split(None, 1)[1] for line in lines}
+    assert listing["tiny-cpu"] == "SLowED end to end on a laptop CPU, no GPU, no download."
+    for name, text in listing.items():  # never cut inside a parenthesis, always a full sentence
+        assert text.count("(") == text.count(")") and text.endswith("."), (name, text)
+    # A header sentence over two comment lines is read whole.
+    (tmp_path / "two-lines.yaml").write_text(
+        "# two-lines.yaml: one sentence (with an aside\n# over two lines) ends.\n#\n"
+    )
+    from slowed_plugin.recipes_cli import summary
+
+    assert summary(tmp_path / "two-lines.yaml") == "one sentence ends."

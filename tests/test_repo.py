@@ -1,6 +1,7 @@
 """The README, the docs and CI agree with the code."""
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -124,12 +125,18 @@ def test_import_stays_light():
     assert out.strip() == "[]"
 
 
-def test_cli_runs_quickstart_end_to_end(tmp_path, capsys):
-    from slowed_plugin.cli import main
-
-    assert main(["quickstart", "--epochs", "1", "--out", str(tmp_path), "--tau", "0.1"]) == 0
-    out = capsys.readouterr().out
-    assert "SLowED: Slow Tuning tau=0.1" in out and "SLowED metrics as the trainer logged them" in out
+def test_cli_runs_quickstart_end_to_end(tmp_path):
+    # A subprocess, as a user runs it: the SLowED logger writes to the real stderr, beside the trainer's progress bar.
+    command = [sys.executable, "-m", "slowed_plugin.cli", "quickstart", "--epochs", "1", "--out", str(tmp_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([*command, "--tau", "0.1"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out, err = done.stdout, done.stderr
+    assert "SLowED metrics as the trainer logged them" in out
+    assert (out + err).count("SLowED: Slow Tuning tau=0.1") == 1, out + err  # the start line once
+    # The end line starts a line of its own, not glued onto the progress bar's last state (`...s/it]SLowED: ...`).
+    pieces = [piece for piece in re.split(r"[\r\n]", err) if "SLowED: trained weights satisfy" in piece]
+    assert len(pieces) == 1 and pieces[0].startswith("SLowED: trained weights satisfy"), err[-2000:]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
