@@ -147,3 +147,26 @@ def test_cli_rejects_bad_value_before_any_model(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("slowed: error: `mask_ratio` must be") and "1.5" in err and "\n" not in err
     assert not (tmp_path / "tiny-model").exists()
+
+
+def _readme_block(after: str) -> list[str]:
+    """The commands of the first ```bash block after ``after`` in the README, comments dropped."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split(after, 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow  # the model build, `slowed inspect` and a short `slowed eval safety`, as a user runs them: ~1 min
+def test_readme_try_it_commands_run_as_written_on_the_tiny_model(tmp_path):
+    commands = _readme_block("To try both without a download")
+    assert commands[0].startswith("python -m slowed_plugin.axolotl.tiny_assets slowed-tiny")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        " && ".join(commands), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "dropped" in done.stdout and re.search(r"^safety ratio \S+ \(\d+/2\)", done.stdout, re.M), done.stdout
