@@ -11,6 +11,9 @@ base models and different tables before this pin):
   AVX2 or AVX512 code; ``ATEN_CPU_CAPABILITY=avx2`` fixes them to the AVX2 code every x86-64 CPU of the last
   ten years runs.
 
+torch.compile is turned off in the same processes (``TORCHDYNAMO_DISABLE=1``): its CPU code was wrong under the
+ATen pin on an AVX-512 CPU.
+
 The variables must be set before torch and MKL initialise, so they are set for the demo's own worker
 processes only (:func:`pinned_environment` around the spawn of the pool): they never reach a user's own
 training, and the process that calls ``slowed demo`` gets its environment back. Every worker records what it
@@ -31,6 +34,10 @@ PINNED_ENV: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
+    # torch.compile's CPU code is wrong under ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU (torch 2.13: the
+    # product's compiled masked loss fails its reference test there, and SLowED's loss rose epoch after epoch
+    # in the demo); with compilation off the same functions run eagerly, with the same math.
+    "TORCHDYNAMO_DISABLE": "1",
 }
 # ATen's name for the capability the pin asks for (torch.backends.cpu.get_cpu_capability()).
 PINNED_CAPABILITY = "AVX2"

@@ -118,3 +118,19 @@ def test_the_report_says_whether_the_base_model_has_the_documented_weights():
     assert "bit for bit" in _reference_note({"state_sha256": REFERENCE_SHA256, "reference_sha256": REFERENCE_SHA256})
     assert "NOT the documented" in _reference_note({"state_sha256": "0" * 64, "reference_sha256": REFERENCE_SHA256})
     assert _reference_note({"state_sha256": "0" * 64, "reference_sha256": None}) == ""  # other settings
+
+
+@pytest.mark.slow
+@x86_only
+def test_the_products_compiled_loss_matches_its_reference_inside_a_pinned_worker():
+    """torch.compile's CPU code was wrong under ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU: the pin turns
+    compilation off. The product's own reference test of the masked loss, run with the pinned environment."""
+    test = "tests/core/test_logits_loss.py::test_matches_reference"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "-k", "compiled and fp32"],
+        env=pinned_env(_native_env()),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
