@@ -30,30 +30,33 @@ def quantize_linears(model: nn.Module, device: str, compute_dtype: torch.dtype) 
     import bitsandbytes as bnb
 
     head = model.get_output_embeddings()
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not nn.Linear or child is head:
-                continue
-            layer = bnb.nn.Linear4bit(
-                child.in_features,
-                child.out_features,
-                bias=child.bias is not None,
-                compute_dtype=compute_dtype,
-                compress_statistics=True,
-                quant_type="nf4",
-                device="meta",
-            )
-            weight = child.weight.data.to(compute_dtype)
-            layer.weight = bnb.nn.Params4bit(
-                weight, requires_grad=False, compress_statistics=True, quant_type="nf4", module=layer
-            ).to(device)
-            if child.bias is not None:
-                layer.bias = nn.Parameter(child.bias.data.to(device, compute_dtype), requires_grad=False)
-            setattr(parent, name, layer)
-            del child, weight
-            count += 1
-    return count
+    # (parent, name) pairs only: holding the children themselves would keep every full-precision weight alive.
+    targets = [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear and child is not head
+    ]
+    for parent, name in targets:
+        child = getattr(parent, name)
+        layer = bnb.nn.Linear4bit(
+            child.in_features,
+            child.out_features,
+            bias=child.bias is not None,
+            compute_dtype=compute_dtype,
+            compress_statistics=True,
+            quant_type="nf4",
+            device="meta",
+        )
+        weight = child.weight.data.to(compute_dtype)
+        layer.weight = bnb.nn.Params4bit(
+            weight, requires_grad=False, compress_statistics=True, quant_type="nf4", module=layer
+        ).to(device)
+        if child.bias is not None:
+            layer.bias = nn.Parameter(child.bias.data.to(device, compute_dtype), requires_grad=False)
+        setattr(parent, name, layer)
+        del child, weight
+    return len(targets)
 
 
 def build_qlora(config, device: str, rank: int, compute_dtype: torch.dtype, checkpointing: bool = False):
