@@ -42,9 +42,10 @@ def worker_loss_floor(shape: str, batch: int, length: int, reps: int, device: st
     """The chunked loss (forward + backward, frozen bf16 head) against its matmul floor, medians of ``reps``."""
     import torch
 
+    from slowed_plugin.core import IGNORE_INDEX
     from slowed_plugin.core.hidden_states_loss import chunked_masked_causal_lm_loss
     from slowed_plugin.core.kernels import KERNELS, warmup
-    from slowed_plugin.core.masking import IGNORE_INDEX, kept_token_count
+    from slowed_plugin.core.masking import kept_token_count
 
     hidden_size, vocab = SHAPES[shape]["hidden_size"], SHAPES[shape]["vocab_size"]
     warmup(vocab, (torch.bfloat16,), device=device, paths=("hidden_states",))

@@ -56,7 +56,10 @@ def _declared() -> list[str]:
         project = tomllib.load(handle)["project"]
     lines = list(project.get("dependencies", []))
     for extra, requirements in project.get("optional-dependencies", {}).items():
-        lines += [f'{r}; extra == "{extra}"' for r in requirements]
+        for line in requirements:
+            requirement, _, marker = line.partition(";")
+            condition = f'({marker.strip()}) and extra == "{extra}"' if marker.strip() else f'extra == "{extra}"'
+            lines.append(f"{requirement.strip()}; {condition}")
     return lines
 
 
@@ -66,9 +69,10 @@ def _ranges() -> dict[str, tuple[SpecifierSet, bool]]:
     for line in _declared():
         requirement = Requirement(line)
         marker = requirement.marker
-        required = marker is None
+        # Required: no marker, or one that holds here without any extra (a python_version condition).
+        required = marker is None or marker.evaluate({"extra": ""})
         if not required and not any(marker.evaluate({"extra": extra}) for extra in EXTRAS):
-            continue
+            continue  # another extra's tool (demo, dev), or a condition that does not hold here
         name = requirement.name.lower()
         if name in ranges:
             previous, was_required = ranges[name]

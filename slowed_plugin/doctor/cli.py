@@ -13,9 +13,10 @@ import importlib.util
 import sys
 import time
 
-from .environment import DEVICES
+# Light imports only: the parser imports this module for `slowed --help`; torch comes in `run`.
 from .step_pairs import SHAPES
 
+DEVICES = ("auto", "cpu", "cuda")
 EXIT_BAD_INPUT = 2
 
 

@@ -12,8 +12,6 @@ import torch
 from ..versions import version_findings
 from .findings import Finding
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 def resolve_device(requested: str) -> str:
     """``auto``: ``cuda`` when torch sees a CUDA GPU, else ``cpu``."""

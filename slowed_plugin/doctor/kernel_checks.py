@@ -1,6 +1,6 @@
 """Both fused loss paths against the reference implementation, on the device: loss, gradients and the mask.
 
-The reference is :func:`slowed_plugin.core.masking.masked_causal_lm_loss` (transformers' ``ForCausalLMLoss``
+The reference is :func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss` (transformers' ``ForCausalLMLoss``
 on the full logits, after the exact low-entropy selection), the same one ``tests/core`` compares with. The
 paths are the product's: :func:`~slowed_plugin.core.logits_loss.fused_masked_causal_lm_loss` (on logits) and
 :func:`~slowed_plugin.core.hidden_states_loss.chunked_masked_causal_lm_loss` (from hidden states and the head),
@@ -19,10 +19,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..core import IGNORE_INDEX
 from ..core.hidden_states_loss import chunked_masked_causal_lm_loss
 from ..core.kernels import KERNELS, warmup
 from ..core.logits_loss import fused_masked_causal_lm_loss
-from ..core.masking import IGNORE_INDEX, masked_causal_lm_loss
+from ..trainer.reference_loss import masked_causal_lm_loss
 from .findings import Finding
 
 MASK_RATIO = 0.2
