@@ -92,10 +92,28 @@ def blocked_modules() -> dict[str, str]:
 
 
 BLOCKER = '''
+import os
+import site
 import sys
 from importlib.machinery import PathFinder
 
 BLOCKED = {blocked!r}
+SITE = [os.path.realpath(p) for p in site.getsitepackages()]
+
+
+def _installed_package(name, spec):
+    """Whether `spec` is the top-level module `name` installed in site-packages (not a copy vendored elsewhere,
+    such as setuptools/_vendor/more_itertools, which the GPU machine has too)."""
+    places = [spec.origin] if spec.origin and spec.origin != "namespace" else []
+    places += list(spec.submodule_search_locations or [])
+    for place in places:
+        real = os.path.realpath(place)
+        for root in SITE:
+            if real.startswith(root + os.sep):
+                first = os.path.relpath(real, root).split(os.sep)[0]
+                if first == name or first.startswith(name + "."):
+                    return True
+    return False
 
 
 class GPUImagePathFinder(PathFinder):
@@ -104,9 +122,12 @@ class GPUImagePathFinder(PathFinder):
 
     @classmethod
     def find_spec(cls, name, path=None, target=None):
-        if path is None and name in BLOCKED:
-            return None
-        return PathFinder.find_spec(name, path, target)
+        spec = PathFinder.find_spec(name, path, target)
+        if spec is not None and path is None and name in BLOCKED and _installed_package(name, spec):
+            # Not this copy; one elsewhere on sys.path (vendored) still counts.
+            elsewhere = [p for p in sys.path if os.path.realpath(p or os.getcwd()) not in SITE]
+            return PathFinder.find_spec(name, elsewhere, target)
+        return spec
 
 
 sys.meta_path[:] = [GPUImagePathFinder if finder is PathFinder else finder for finder in sys.meta_path]
@@ -204,7 +225,8 @@ def summary_markdown(report: dict) -> str:
         f"- machine: {report.get('machine', 'unknown')}",
         f"- wheels: {'ok' if report['wheels']['ok'] else 'PROBLEMS'} ({report['wheels']['total_mb']} MB in .whl/)"
         + "".join(f"\n  - {p}" for p in report["wheels"]["problems"] + report["wheels"]["notes"]),
-        f"- total {report['seconds']:.0f} s (budget {BUDGET_S} s for the steps)",
+        f"- total {report['seconds']:.0f} s "
+        + ("(a dry run has no budget)" if report["dry_run"] else f"(budget {BUDGET_S} s for the steps)"),
         "",
         "| step | status | exit | seconds |",
         "| --- | --- | --- | --- |",
