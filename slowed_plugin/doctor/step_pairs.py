@@ -207,24 +207,33 @@ def run_pairs(
     warm-up), ``peak_mib`` and ``process_s``. Raises ``RuntimeError`` naming the variant that failed."""
     import multiprocessing
 
-    import datasets  # noqa: F401 - imported before forking, like the rest
-    import peft  # noqa: F401
-    import trl  # noqa: F401
-    from transformers import TrainerCallback
-    from trl import SFTTrainer  # noqa: F401
-
-    import slowed_plugin.core.hidden_states_loss  # noqa: F401
-    import slowed_plugin.trainer.callback  # noqa: F401
+    import torch
 
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"`variants` must be among {sorted(VARIANTS)}; got {sorted(unknown)}.")
+    if device == "cuda":
+        # A fork of a process that initialised CUDA cannot use it. Importing peft imports bitsandbytes, which may
+        # initialise CUDA: on a GPU each fork imports the frameworks itself.
+        if torch.cuda.is_initialized():
+            raise RuntimeError(
+                "run_pairs forks: call it from a process that has not initialised CUDA (run_in_subprocess)"
+            )
+    else:
+        import datasets  # noqa: F401 - imported before forking, once for every fork
+        import peft  # noqa: F401
+        import trl  # noqa: F401
+        from trl import SFTTrainer  # noqa: F401
+
+        import slowed_plugin.core.hidden_states_loss  # noqa: F401
+        import slowed_plugin.trainer.callback  # noqa: F401
     steps = pairs + 1
     context = multiprocessing.get_context("fork")
 
     def child(connection, variant):
         try:
             reset_peak()
+            from transformers import TrainerCallback
 
             class Turn(TrainerCallback):  # last callback: its step_end comes after SLowED's projection
                 def on_step_begin(self, args, state, control, **kwargs):

@@ -254,3 +254,13 @@ def test_slowed_doctor_on_cpu(tmp_path):
     assert found["qlora.4bit"]["status"] == "skip"
     assert found["bench.ratio.slowed"]["data"]["step_time_ratio"] > 0
     assert done.stdout.strip().splitlines()[-2].startswith("slowed doctor: ")
+
+
+def test_step_pairs_refuse_to_fork_after_cuda_started(monkeypatch):
+    from slowed_plugin.doctor import step_pairs
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    with pytest.raises(RuntimeError, match="has not initialised CUDA"):
+        step_pairs.run_pairs("tiny", "float32", 1, 1, 8, device="cuda")
+    with pytest.raises(ValueError, match="`variants` must be among"):
+        step_pairs.run_pairs("tiny", "float32", 1, 1, 8, variants=("stock", "turbo"))
