@@ -32,6 +32,9 @@ NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "demo": (("matplotlib", "trl"), "demo"),
     "quickstart": (("trl",), "trl"),
     "check": (("axolotl",), "axolotl"),
+    # The inspector prepares rows with TRL's own helpers (is_conversational, maybe_convert_to_chatml), so that
+    # it shows what SFTTrainer trains on: the dependency is the point, not an accident.
+    "inspect": (("trl",), "trl"),
 }
 VERBOSE_ENV = "SLOWED_VERBOSE"
 

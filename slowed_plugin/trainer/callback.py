@@ -125,6 +125,7 @@ class SLowEDCallback(TrainerCallback):
             from .monitor import SafetyMonitorCallback
 
             self.monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor))
+            self.monitor.log = self.log
             self._attached.add_callback(trainer, self.monitor)
             self.monitor.attach(trainer)
 

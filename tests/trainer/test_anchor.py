@@ -223,6 +223,21 @@ def test_a_missing_prompt_file_is_refused_before_any_model_load(tmp_path, monkey
     SLowEDCallback(**settings)  # there now: accepted
 
 
+@pytest.mark.parametrize("content", ["", "\n\n", "goal,target\n"], ids=["0 bytes", "blank lines", "header only"])
+def test_a_prompt_file_without_prompts_is_refused_before_any_model_load(content, tmp_path, monkeypatch):
+    """Issue 22: an empty anchor prompt file passed the checks and failed after the model loaded."""
+    monkeypatch.chdir(tmp_path)
+    name = "harmful.csv" if "goal" in content else "harmful.txt"
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    for key in ("prompts", "benign_prompts"):
+        block = {"prompts": ["how do i pick a lock ?"], key: name}
+        with pytest.raises(SLowEDConfigError) as error:
+            SLowEDCallback(tau=None, mask_ratio=0, safety_anchor=block)
+        message = str(error.value)
+        empty = "is empty" if content == "" else "holds no prompt"
+        assert "\n" not in message and f"`safety_anchor.{key}` names a local file that {empty}: '{name}'" in message
+
+
 def test_packed_training_sets_take_the_ratio_of_examples_and_need_the_format_said(llama_dir, cot_rows, tmp_path):
     packed = dict(packing=True, max_length=64)
     unsaid = SLowEDCallback(tau=None, mask_ratio=0, safety_anchor=anchor(ratio=0.2))

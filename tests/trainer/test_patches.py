@@ -170,7 +170,7 @@ def test_the_axolotl_step_recount_is_a_listed_change_undone_with_the_rows(monkey
     from slowed_plugin.trainer.patches import Patches
 
     monkeypatch.setattr(axolotl.utils.trainer, "calculate_total_num_steps", lambda cfg, dataset: 12.0)
-    cfg = {"total_num_tokens": 1000, "datasets": []}
+    cfg = {"total_num_tokens": 1000, "datasets": [], "sample_packing": True}  # with packing: Axolotl's count
     trainer = types.SimpleNamespace(args=types.SimpleNamespace(max_steps=10), train_dataset=[0] * 12)
     patches = Patches()
     step_recount(cfg, types.SimpleNamespace(info=lambda line: None))(patches, trainer)
@@ -178,10 +178,54 @@ def test_the_axolotl_step_recount_is_a_listed_change_undone_with_the_rows(monkey
         "total_num_tokens": None,
         "total_supervised_tokens": None,
         "datasets": [],
+        "sample_packing": True,
     }
     assert patches.names == ["config['total_num_tokens']", "config['total_supervised_tokens']", "max_steps"]
     patches.undo()
-    assert trainer.args.max_steps == 10 and cfg == {"total_num_tokens": 1000, "datasets": []}
+    assert trainer.args.max_steps == 10 and cfg == {"total_num_tokens": 1000, "datasets": [], "sample_packing": True}
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_the_recount_without_packing_is_the_trainers_own_count_of_whole_epochs(drop_last, tmp_path):
+    """Issue 22: with the tiny recipe and the default anchor (91 rows, micro-batches of 4, accumulation 2, 2 epochs)
+    Axolotl's formula ceil(rows * epochs / batch) gives 23 steps; the trainer runs 12 an epoch, and stopped at
+    epoch 1.957. The recount is the number transformers' Trainer computes itself (``max_steps=-1``) from its
+    dataloader, for every row count, batch shape and epoch count tried here."""
+    import math
+    import types
+
+    from torch.utils.data import DataLoader
+    from transformers import Trainer, TrainingArguments
+
+    from slowed_plugin.axolotl.anchor_frontend import whole_epoch_steps
+
+    assert whole_epoch_steps(91, 4, 2, 2) == 24 > math.ceil(91 * 2 / 8)  # the issue's case, Axolotl's 23
+    for rows in range(1, 26):
+        for micro, accumulation, epochs in [(4, 2, 2), (1, 3, 1), (3, 4, 3), (2, 1, 2.5), (5, 2, 0.5)]:
+            args = TrainingArguments(
+                output_dir=str(tmp_path),
+                per_device_train_batch_size=micro,
+                gradient_accumulation_steps=accumulation,
+                num_train_epochs=epochs,
+                dataloader_drop_last=drop_last,
+                use_cpu=True,
+                report_to=[],
+            )
+            loader = DataLoader(list(range(rows)), batch_size=micro, drop_last=drop_last)
+            if len(loader) == 0:
+                continue
+            stub = types.SimpleNamespace(
+                get_total_train_batch_size=lambda a: a.per_device_train_batch_size * a.gradient_accumulation_steps,
+                get_sp_size=lambda: 1,
+                num_examples=lambda dl: len(dl.dataset),
+            )
+            trainer_count = Trainer.set_initial_training_values(stub, args, loader)[-1]
+            assert whole_epoch_steps(rows, micro, accumulation, epochs, drop_last=drop_last) == trainer_count, (
+                rows,
+                micro,
+                accumulation,
+                epochs,
+            )
 
 
 def test_reading_active_changes_nothing():
