@@ -192,7 +192,9 @@ def apply_reference_mask(
     """
     kwargs = {"batched": True, "batch_size": 256, "new_fingerprint": uuid.uuid4().hex, "desc": "SLowED reference mask"}
     kwargs.update(map_kwargs)
-    if not hasattr(dataset, "_fingerprint"):  # IterableDataset: no fingerprint, no desc
+    import datasets
+
+    if isinstance(dataset, datasets.IterableDataset):  # no fingerprint, no desc
         kwargs.pop("new_fingerprint")
         kwargs.pop("desc")
     return dataset.map(reference_mask_fn(model, mask_ratio, scope, batch_size, chunk_size), **kwargs)
