@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slowed_plugin import SLowEDConfig
-from slowed_plugin.evaluation.monitor_config import CONFIG_KEYS
+from slowed_plugin.monitor_settings import CONFIG_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 QLORA_RECIPES = ("qlora-8gb.yaml", "qlora-12gb.yaml", "qlora-24gb.yaml")
@@ -120,6 +120,16 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
 
 def test_import_stays_light():
     code = "import sys, slowed_plugin; print(sorted(m for m in sys.modules if m.split('.')[0] in ('trl', 'axolotl')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_command_line_parser_imports_no_framework():
+    """`slowed --help` builds every sub-command's parser: their modules import the frameworks only in `run`."""
+    code = (
+        "import sys; from slowed_plugin.cli import build_parser; build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'trl', 'axolotl', 'datasets'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

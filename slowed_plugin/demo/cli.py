@@ -13,8 +13,8 @@ import shlex
 import sys
 import time
 
-from ..anchor import DEFAULTS
 from ..files import atomic_write_text
+from .methods import DEFAULT_ANCHOR_RATIO
 
 DEFAULT_OUT = "./slowed-demo"
 # The largest tau of the seed-0 sweep (`slowed demo --sweep-tau`) whose last-epoch safety stayed >= 95 %.
@@ -23,8 +23,6 @@ DEFAULT_TAU = 1.5
 # The value of the product's examples; the paper leaves k open too.
 DEFAULT_MASK_RATIO = 0.2
 DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-# The product's default anchor ratio (replay); the demo's anchor methods use it unless --anchor-ratio is given.
-DEFAULT_ANCHOR_RATIO: float = DEFAULTS["ratio"]
 QUICK_TAUS = (0.5, 1.5)
 
 
@@ -211,10 +209,14 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from . import report as rep
     from .base_model import BaseSettings, cached_path, is_cached, load_meta
+    from .figures import FIGURE, FRONTIER, plot_curves, plot_frontier
+    from .goals import findings, goal_check, goal_lines
     from .methods import TrainSettings, make_specs
     from .metrics import COT_TOKENS, INSPECTED_ROWS, SAFETY_TOKENS, eval_sets
+    from .report import REPORT, RESULTS, render_report, write_results
+    from .summary import summarize
+    from .tables import format_terminal, table
     from .workers import build_base, execute
     from .world import WorldSettings, build_world
 
@@ -265,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
 
     world = build_world(world_settings)
     sets = eval_sets(world, train)
-    summary = rep.summarize(runs)
+    summary = summarize(runs)
     payload = {
         "format": 1,
         "mode": "sweep" if args.sweep_tau else "comparison",
@@ -298,8 +300,8 @@ def run(args: argparse.Namespace) -> int:
         },
         "base_eval": runs[0]["before"],
         "summary": summary,
-        "findings": rep.findings(summary),
-        "goal": rep.goal_check(summary),
+        "findings": findings(summary),
+        "goal": goal_check(summary),
         "runs": runs,
         "timing": {
             "total_seconds": 0.0,
@@ -309,23 +311,23 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     title = f"{command} — synthetic toy; seeds {','.join(map(str, seeds))}"
-    rep.plot_curves(summary, out / rep.FIGURE, title)
+    plot_curves(summary, out / FIGURE, title)
     if args.sweep_tau:
-        rep.plot_frontier(summary, out / rep.FRONTIER, title)
+        plot_frontier(summary, out / FRONTIER, title)
     payload["timing"]["total_seconds"] = round(time.perf_counter() - started, 1)
-    rep.write_results(out, payload)
-    atomic_write_text(out / rep.REPORT, rep.render_report(payload))
+    write_results(out, payload)
+    atomic_write_text(out / REPORT, render_report(payload))
 
     print("", file=sys.stderr)
-    print(rep.format_terminal(rep.table(summary, payload["base_eval"])))
+    print(format_terminal(table(summary, payload["base_eval"])))
     print()
-    for line in payload["findings"] + rep.goal_lines(summary):
+    for line in payload["findings"] + goal_lines(summary):
         print("- " + line.replace("**", ""))
     if args.quick:
         print("\n--quick is a smoke test: too little distillation for the safety collapse to show; run without it.")
-    print(f"\nSynthetic toy: see {out / rep.REPORT} for what it does and does not show.")
-    figures = [out / rep.FIGURE] + ([out / rep.FRONTIER] if args.sweep_tau else [])
-    print(f"Figure: {', '.join(map(str, figures))}; raw per-epoch numbers: {out / rep.RESULTS}")
+    print(f"\nSynthetic toy: see {out / REPORT} for what it does and does not show.")
+    figures = [out / FIGURE] + ([out / FRONTIER] if args.sweep_tau else [])
+    print(f"Figure: {', '.join(map(str, figures))}; raw per-epoch numbers: {out / RESULTS}")
     print(f"Done in {payload['timing']['total_seconds']:.0f} s.")
     return 0
 
