@@ -24,6 +24,8 @@ if [ "$(cat "$venv/.slowed-floors" 2>/dev/null)" != "$want" ]; then
 fi
 "$venv/bin/python" -m slowed_plugin.versions
 export AXOLOTL_DO_NOT_TRACK=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1
+# A test that needs an extra this venv lacks (bitsandbytes, axolotl) is skipped, and says so (tests/support/installed.py).
+export SLOWED_TESTS_WITHOUT_EXTRAS=1
 # Everything that does not need Axolotl, the demo's matplotlib or a second process.
 exec "$venv/bin/python" -m pytest -m "not slow" -p no:cacheprovider \
   tests/core tests/trainer tests/anchor tests/inspector tests/evaluation tests/test_config.py tests/test_versions.py "$@"

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from installed import require
 
 from slowed_plugin import versions
 from slowed_plugin.versions import ALLOW_ENV, UnsupportedVersionError, VersionFinding, version_findings
@@ -92,7 +93,7 @@ def test_the_override_warns_and_runs(monkeypatch, caplog):
 
 
 def test_axolotl_config_validation_refuses_before_the_model(monkeypatch):
-    pytest.importorskip("pydantic")
+    require("pydantic", "axolotl")
     from slowed_plugin.axolotl.args import SLowEDArgs
 
     _pretend(monkeypatch, peft="0.16.0")
@@ -102,7 +103,6 @@ def test_axolotl_config_validation_refuses_before_the_model(monkeypatch):
 
 
 def test_slowed_check_reports_the_refusal(monkeypatch):
-    pytest.importorskip("yaml")
     from slowed_plugin.axolotl.check import Report, _check_versions
 
     report = Report("recipe.yaml")
@@ -140,7 +140,7 @@ def test_readme_floors_are_pyprojects():
 
 
 def test_readme_newest_is_what_the_main_job_installs():
-    pytest.importorskip("axolotl", reason="the main job's venv (setup.sh) has Axolotl, whose pins these are")
+    require("axolotl", "axolotl")  # the main job's venv (setup.sh) has Axolotl, whose pins these are
     installed = {name: importlib.metadata.version(name).split("+")[0] for name in _tested_with()["newest"]}
     assert _tested_with()["newest"] == installed
 

@@ -4,6 +4,7 @@ by `detach()`, or when the callback is removed; an unknown `get_batch_samples` i
 from __future__ import annotations
 
 import pytest
+from installed import require
 from trl_helpers import history, sft_trainer
 
 from slowed_plugin import SLowEDCallback
@@ -170,7 +171,7 @@ def test_detach_leaves_the_trainer_as_it_was_before_attach(llama_dir, cot_rows, 
 def test_the_axolotl_step_recount_is_a_listed_change_undone_with_the_rows(monkeypatch):
     import types
 
-    pytest.importorskip("axolotl", reason="Axolotl is not in the floors venv")
+    require("axolotl", "axolotl")
     import axolotl.utils.trainer
 
     from slowed_plugin.axolotl.anchor_frontend import step_recount
