@@ -210,7 +210,9 @@ def test_gradient_mode_is_refused_with_deepspeed_from_the_arguments(tmp_path):
 
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     args.deepspeed = {"zero_optimization": {"stage": 2}}
-    with pytest.raises(SLowEDConfigError, match="`mode: gradient` is not supported with DeepSpeed"):
+    with pytest.raises(
+        SLowEDConfigError, match=r"gradient mode \(`safety_anchor.mode`\) is not supported with DeepSpeed"
+    ):
         check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor(mode="gradient")), args)
     check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor()), args)  # replay is fine
 
