@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI's floors job: a second venv with every dependency at the lowest version pyproject.toml declares, and the
-# fast tests that apply without Axolotl (whose pins are not the floors). Extra arguments go to pytest.
+# fast tests that apply without Axolotl (whose pins are not the floors); bitsandbytes at its floor too. Extra arguments go to pytest.
 # Reuses pip's cache; the floors are read from pyproject.toml through the main venv (`python -m
 # slowed_plugin.versions --floors`), so they are never restated. torch's floor is a CPU build on local disk.
 set -euo pipefail
@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 PYTHON="${PYTHON:-python3}"
 venv=.venv-floors
-pins="$(.venv/bin/python -m slowed_plugin.versions --floors torch transformers peft accelerate datasets trl)"
+pins="$(.venv/bin/python -m slowed_plugin.versions --floors torch transformers peft accelerate datasets trl bitsandbytes)"
 torch_pin="$(tr ' ' '\n' <<<"$pins" | grep '^torch==')"
 want="$(sha256sum pyproject.toml | cut -c1-16) ${pins}"
 if [ ! -x "$venv/bin/python" ]; then

@@ -13,7 +13,7 @@ venv=.venv-newest
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet "$TORCH_SPEC"
 "$venv/bin/python" -m pip install --quiet --upgrade --upgrade-strategy eager "$TORCH_SPEC" -e ".[trl,dev]" \
-  transformers trl peft accelerate datasets
+  transformers trl peft accelerate datasets bitsandbytes
 "$venv/bin/python" -m slowed_plugin.versions || true  # a release newer than the tested range is reported, not fatal
 export AXOLOTL_DO_NOT_TRACK=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1
 exec "$venv/bin/python" -m pytest -m "not slow" -p no:cacheprovider \

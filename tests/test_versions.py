@@ -16,7 +16,7 @@ from slowed_plugin import versions
 from slowed_plugin.versions import ALLOW_ENV, UnsupportedVersionError, VersionFinding, version_findings
 
 ROOT = Path(__file__).resolve().parents[1]
-STACK = ("torch", "transformers", "peft", "accelerate", "datasets", "trl")
+STACK = ("torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes")
 
 
 def _pretend(monkeypatch: pytest.MonkeyPatch, **installed: str | None) -> None:
@@ -148,4 +148,5 @@ def test_readme_newest_is_what_the_main_job_installs():
 def test_ci_runs_the_floors_job_after_the_main_job():
     ci = (ROOT / ".ci" / "run").read_text()
     assert ci.index("\nscripts/test.sh\n") < ci.index("\nscripts/floors.sh\n")
-    assert "tests/test_versions.py" in (ROOT / "scripts" / "floors.sh").read_text()
+    floors = (ROOT / "scripts" / "floors.sh").read_text()
+    assert "tests/test_versions.py" in floors and f"--floors {' '.join(STACK)})" in floors
