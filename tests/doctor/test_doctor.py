@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from installed import require
 
 from slowed_plugin import versions
 from slowed_plugin.cli import main
@@ -32,7 +33,6 @@ def test_versions_come_from_the_declared_ranges():
 
 
 def test_versions_from_pyproject_when_not_installed(monkeypatch):
-    pytest.importorskip("tomllib")
     installed = {f.package: f.supported for f in versions.version_findings()}
 
     def missing(name):
@@ -178,7 +178,7 @@ def test_4bit_is_skipped_on_cpu_and_without_bitsandbytes(monkeypatch):
 
 @pytest.mark.slow
 def test_4bit_lora_under_slowed_on_cpu():
-    pytest.importorskip("bitsandbytes")
+    require("bitsandbytes", "bnb")
     (finding,) = quantized.quantized_findings("cpu", force=True)
     assert finding.status == "ok", finding.line()
     assert finding.data["lora_layers"] == finding.data["quantized_layers"] == 14
@@ -194,7 +194,7 @@ def test_4bit_lora_under_slowed_on_cpu():
     ],
 )
 def test_4bit_fails_on_a_broken_result(monkeypatch, change, says):
-    pytest.importorskip("bitsandbytes")
+    require("bitsandbytes", "bnb")
     good = dict(quantized_layers=14, lora_layers=14, losses=[7.0, 6.9], projected=14, adapters=14)
     result = quantized.QuantizedResult(**{**good, "max_norm_after": 0.05, "tau": 0.05, **change})
     monkeypatch.setattr(quantized, "run_4bit", lambda device: result)
