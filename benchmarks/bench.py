@@ -107,7 +107,7 @@ def _loss_methods():
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     from slowed_plugin.core.logits_loss import fused_masked_causal_lm_loss
-    from slowed_plugin.core.masking import masked_causal_lm_loss
+    from slowed_plugin.trainer.reference_loss import masked_causal_lm_loss
 
     def stock(logits, labels):
         return ForCausalLMLoss(logits, labels, VOCAB)

@@ -153,6 +153,12 @@ class SLowEDConfig:
         return self.mask_ratio > 0
 
     @property
+    def online_masking(self) -> bool:
+        """Whether masking runs in each training step (``entropy_source: online``), not once on the dataset
+        (``reference``, whose mask is written into the labels, so that any loss trains on it)."""
+        return self.masking and self.entropy_source == "online"
+
+    @property
     def anchored(self) -> bool:
         """Whether the safety anchor is on."""
         return self.safety_anchor is not None
@@ -212,6 +218,10 @@ class SLowEDConfig:
             kind = "a SLowEDConfig, a mapping such as {'tau': 10.0, 'mask_ratio': 0.2}"
         raise SLowEDConfigError(f"{whole} must be {kind} or the short form [tau, mask_ratio], got {value!r}.")
 
+    def resolved(self) -> dict[str, Any]:
+        """The mapping form with every key, in plain dicts and lists (as stored in a validated Axolotl config)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
     def describe(self) -> str:
         """One line with the resolved settings, for startup logs."""
         slow = (
@@ -230,6 +240,14 @@ class SLowEDConfig:
             a = self.safety_anchor
             anchor = f"; safety anchor {a['mode']}" + (f" (ratio {a['ratio']:g})" if a["mode"] == "replay" else "")
         return f"SLowED: {slow}; {mask}{monitor}{anchor}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):  # includes the read-only mappings the config keeps
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _checked(values: dict[str, Any], spelling: Spelling) -> dict[str, Any]:

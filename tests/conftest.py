@@ -13,6 +13,7 @@ os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from installed import require  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "bloom")
 
@@ -97,9 +98,6 @@ def one_thread():
 def deepspeed_env(tmp_path_factory) -> dict[str, str]:
     """Environment of a DeepSpeed subprocess on CPU: DeepSpeed's CPU accelerator, and one JIT build cache for its
     comm op per test session (unless one is set), shared by the TRL and Axolotl DeepSpeed tests."""
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:  # no silent skip: the suite's set-up installs it
-        pytest.fail("deepspeed is not installed: run `SLOWED_EXTRAS=...,deepspeed source scripts/setup.sh`")
+    require("deepspeed", "deepspeed")
     cache = os.environ.get("TORCH_EXTENSIONS_DIR") or str(tmp_path_factory.mktemp("torch_extensions"))
     return {"DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": cache, "OMP_NUM_THREADS": "1"}

@@ -243,28 +243,33 @@ def _settings(config) -> dict:
 
 # (slowed value, SFTConfig keywords, fragments): trainer settings under which SLowED would not run as set.
 TRL_CONFLICTS = {
-    "dft loss": ([10, 0.2], {"loss_type": "dft"}, ["`loss_type='dft'`", "`loss_type='nll'`", "`mask_ratio: 0`"]),
-    "liger": ([10, 0.2], {"use_liger_kernel": True}, ["`use_liger_kernel=True`", "=False", "`mask_ratio: 0`"]),
+    "dft loss": ([10, 0.2], {"loss_type": "dft"}, ["`loss_type='dft'`", "`loss_type='nll'`", "`mask_ratio=0`"]),
+    "liger": ([10, 0.2], {"use_liger_kernel": True}, ["`use_liger_kernel=True`", "=False", "`mask_ratio=0`"]),
     "label smoothing": (
         [10, 0.2],
         {"label_smoothing_factor": 0.1},
-        ["`label_smoothing_factor=0.1`", "Set it to 0", "`mask_ratio: 0`"],
+        ["`label_smoothing_factor=0.1`", "Set it to 0", "`mask_ratio=0`"],
     ),
     "fsdp1": (
         [10, 0.2],
         {"fsdp": "full_shard", "fsdp_config": {"version": 1}},
-        ["fsdp_version=1", "FSDP2 only", "`fsdp_config={'version': 2}`", "`tau: null`"],
+        ["fsdp_version=1", "FSDP2 only", "`fsdp_config={'version': 2}`", "`tau=None`"],
     ),
     # The rule reads the same field SFTConfig(deepspeed=...) fills (set after construction: no engine starts).
     "deepspeed stage 0": (
         [10, 0],
         {"deepspeed": {"zero_optimization": {"stage": 0}}},
-        ["zero_optimization.stage=0", "stages 1, 2 and 3", "`tau: null`"],
+        ["zero_optimization.stage=0", "stages 1, 2 and 3", "to 1, 2 or 3", "`tau=None`"],
     ),
     "deepspeed optimizer offload": (
         [10, 0],
         {"deepspeed": {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}},
-        ["offload_optimizer.device='cpu'", "Remove `offload_optimizer`", "`tau: null`"],
+        ["offload_optimizer.device='cpu'", "Remove `offload_optimizer`", "`tau=None`"],
+    ),
+    "anchor gradient under deepspeed": (
+        {"tau": None, "mask_ratio": 0, "safety_anchor": {"prompts": ["p"], "mode": "gradient"}},
+        {"deepspeed": {"zero_optimization": {"stage": 2}}},
+        ["`safety_anchor.mode`", "DeepSpeed", "`'mode': 'replay'`"],
     ),
 }
 
@@ -306,6 +311,15 @@ AXOLOTL_CONFLICTS = {
     "kd": ({"plugins": [PLUGIN, KD], "kd_trainer": True}, [PLUGIN, KD, "mask_ratio: 0"]),
     "rl": ({"rl": "dpo", "datasets": [{"path": "data/pairs.jsonl", "type": "chatml.intel"}]}, ["`rl: dpo`"]),
     "context parallel": ({"context_parallel_size": 2}, ["context_parallel_size: 2", "mask_ratio: 0"]),
+    "tensor parallel": ({"tensor_parallel_size": 2}, ["tensor_parallel_size: 2", "slowed.tau: null"]),
+    "orpo": ({"orpo_alpha": 0.1}, ["orpo_alpha: 0.1", "slowed.mask_ratio: 0"]),
+    "anchor gradient under deepspeed": (
+        {
+            "slowed": {"tau": None, "mask_ratio": 0, "safety_anchor": {"prompts": ["p"], "mode": "gradient"}},
+            "deepspeed": {"zero_optimization": {"stage": 2}},
+        },
+        ["`slowed.safety_anchor.mode`", "`deepspeed`", "`mode: replay`"],
+    ),
 }
 
 
@@ -340,8 +354,26 @@ def _sft_config(tmp_path, **kwargs):
 BASE_RECIPE = {k: v for k, v in BASE_CONFIG.items() if k != "slowed"}
 
 
-def test_the_table_is_large_enough():
-    assert len(BAD_VALUES) + len(TRL_CONFLICTS) + len(AXOLOTL_CONFLICTS) >= 40
+# Words of the other front end: a TRL user is never told a YAML fix, an Axolotl user never a Python keyword.
+_YAML_WORDS = (": null", ": 0`", "slowed.", "mode: replay")
+_PYTHON_WORDS = ("=None", "=0`", "'mode': 'replay'")
+
+
+def _fired(finder, *args) -> bool:
+    return finder is not None and finder(*args) is not None
+
+
+def test_every_rule_has_a_refused_case_in_each_front_end_it_speaks_to(tmp_path):
+    """Each rule's message is tested in each front end that has the setting (a new rule without a case fails)."""
+    from slowed_plugin.rules import RULES
+
+    trl_args = [_sft_config(tmp_path, **dict(kwargs)) for _, kwargs, _ in TRL_CONFLICTS.values()]
+    axolotl_cfgs = [{**BASE_RECIPE, **overrides} for overrides, _ in AXOLOTL_CONFLICTS.values()]
+    for rule in RULES:
+        if rule.trl_args is not None:
+            assert any(_fired(rule.trl_args, args) for args in trl_args), f"no TRL case for rule {rule.name!r}"
+        if rule.axolotl is not None:
+            assert any(_fired(rule.axolotl, cfg) for cfg in axolotl_cfgs), f"no Axolotl case for rule {rule.name!r}"
 
 
 @pytest.mark.parametrize("case", sorted(BAD_VALUES))
@@ -494,6 +526,7 @@ def test_trainer_settings_refused_from_the_arguments_alone(case, tmp_path):
     with pytest.raises(SLowEDConfigError) as err:
         check_training_args(value, _sft_config(tmp_path, **kwargs))
     _one_clear_line(str(err.value), fragments)
+    assert not [w for w in _YAML_WORDS if w in str(err.value)], str(err.value)
 
 
 @pytest.mark.parametrize("case", sorted(TRL_ACCEPTED))
@@ -505,7 +538,9 @@ def test_trainer_settings_slowed_honours_pass(case, tmp_path):
 @pytest.mark.parametrize("case", sorted(AXOLOTL_CONFLICTS))
 def test_axolotl_settings_refused_at_config_validation(case):
     overrides, fragments = AXOLOTL_CONFLICTS[case]
-    _one_clear_line(axolotl_rejection(overrides), fragments)
+    message = axolotl_rejection(overrides)
+    _one_clear_line(message, fragments)
+    assert not [w for w in _PYTHON_WORDS if w in message], message
 
 
 def test_a_good_axolotl_config_passes_the_guard():

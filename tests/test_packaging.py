@@ -8,10 +8,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the dev extra installs tomli on Python 3.10
+    import tomli as tomllib
 
 
 def _setuptools() -> dict:

@@ -2,7 +2,7 @@
 
 - :mod:`.args`: the pydantic model merged into Axolotl's config schema (the ``slowed`` key).
 - :mod:`.recipe`: reading a recipe file, with the duplicated ``slowed`` keys PyYAML would hide.
-- the cross-key rules live in :mod:`slowed_plugin.rules`, shared with TRL (:mod:`.compat` is the old path).
+- the cross-key rules live in :mod:`slowed_plugin.rules`, shared with TRL.
 - :mod:`.plugin`: ``SLowEDPlugin``, which attaches :class:`slowed_plugin.SLowEDCallback` to the trainer.
 - :mod:`.check` and :mod:`.cli`: ``slowed check RECIPE.yaml`` and ``axolotl slowed-check RECIPE.yaml``.
 

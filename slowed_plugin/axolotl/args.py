@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field, model_validator
 
 from ..config import SLowEDConfig, SLowEDConfigError
-from ..rules import axolotl_facts, axolotl_problems, resolved
+from ..rules import axolotl_facts, axolotl_problems
 from .recipe import duplicate_slowed_keys_in_file
 
 DESCRIPTION = (
@@ -53,7 +53,7 @@ def remember(cfg: Mapping[str, Any], config: SLowEDConfig) -> None:
     """Record that ``cfg`` (as written, and with its resolved ``slowed:``) passed with ``config``."""
     while len(_PASSED) >= _MAX_PASSED:
         _PASSED.pop(next(iter(_PASSED)))
-    for slowed in (cfg.get("slowed"), resolved(config)):
+    for slowed in (cfg.get("slowed"), config.resolved()):
         key = _fingerprint(slowed, cfg)
         if key is not None:
             _PASSED[key] = config
@@ -90,4 +90,4 @@ class SLowEDArgs(BaseModel):
             if duplicates:
                 raise SLowEDConfigError(duplicates[0])
         config = checked_config(data)
-        return {**data, "slowed": resolved(config)}
+        return {**data, "slowed": config.resolved()}

@@ -28,7 +28,8 @@ from typing import Any, TextIO
 import yaml
 
 from ..config import SLowEDConfig
-from ..rules import axolotl_problems, deepspeed_plan, resolved
+from ..rules import AXOLOTL, axolotl_problems, read_deepspeed_config, zero_stage
+from ..rules.engines import deepspeed_refusal
 from . import PLUGIN_NAME
 from .recipe import duplicate_slowed_keys
 
@@ -202,7 +203,7 @@ def _check_key(data: Mapping[str, Any], report: Report) -> None:
         return
     report.config = config
     report.note("slowed", config.describe())
-    report.note("resolved", "slowed: " + _flow(resolved(config)))
+    report.note("resolved", "slowed: " + _flow(config.resolved()))
     plan = deepspeed_plan(data.get("deepspeed"), config)
     if plan is not None:
         report.note("engine", plan)
@@ -213,6 +214,36 @@ def _check_key(data: Mapping[str, Any], report: Report) -> None:
         from .args import remember
 
         remember(data, config)
+
+
+def deepspeed_plan(value: Any, config: SLowEDConfig) -> str | None:
+    """One line for the report: what SLowED does under the DeepSpeed config that an Axolotl ``deepspeed:`` value
+    names, or None without DeepSpeed. A refusal itself is reported by the rule, with its fix."""
+    if not value or not config.active:
+        return None
+    ds = read_deepspeed_config(value)
+    if ds is None:
+        return (
+            f"`deepspeed: {value}` is not readable from here, so its stage is checked when training starts: ZeRO-1/2 "
+            "mask on the hidden states, ZeRO-3 on the logits; Slow Tuning projects through ZeRO's fp32 masters and "
+            "refuses stage 0 and `offload_optimizer`."
+        )
+    stage = zero_stage(ds)
+    if not config.slow_tuning:
+        tuning = "Slow Tuning off"
+    elif deepspeed_refusal("", ds, AXOLOTL) is not None:
+        tuning = "Slow Tuning refused (see the error for the fix)"
+    else:
+        tuning = "Slow Tuning projects through ZeRO's fp32 masters"
+    if not config.masking:
+        masking = "masking off"
+    elif not config.online_masking:
+        masking = "masking in the labels (`entropy_source: reference`)"
+    elif stage == 3:
+        masking = "masking on the logits (ZeRO-3 partitions the head's weight)"
+    else:
+        masking = "masking on the hidden states"
+    return f"DeepSpeed ZeRO-{stage}: {tuning}; {masking}."
 
 
 def _flow(mapping: Mapping[str, Any]) -> str:

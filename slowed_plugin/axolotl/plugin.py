@@ -6,8 +6,10 @@
 
 The only glue is one additive hook, ``add_callbacks_post_trainer``: it attaches
 :class:`~slowed_plugin.SLowEDCallback` to the trainer Axolotl built (whatever its class) and hands
-the callback back to Axolotl, which registers it. No trainer class, collator or loss function is
-replaced, so other plugins compose: a ``compute_loss_func`` installed before is wrapped, not dropped.
+the callback back to Axolotl, which registers it. No trainer class or collator is replaced, so other
+plugins compose: the callback's runtime changes (the model's forward for the masked loss, a
+``compute_loss_func`` installed before wrapped rather than dropped, and the rest) are listed, with their
+undo, in :mod:`slowed_plugin.trainer.patches`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..config import SLowEDConfig
 from ..rules import listed_plugin
 from ..trainer.callback import SLowEDCallback
 from . import PLUGIN_NAME
-from .anchor import axolotl_frontend, recount_steps
+from .anchor_frontend import axolotl_frontend, step_recount
 from .args import checked_config
 
 # Axolotl's console shows INFO only from loggers named `axolotl*`; the startup line must reach it.
@@ -61,7 +63,7 @@ class SLowEDPlugin(BasePlugin):
         config = slowed_config(cfg)
         if config is None:
             return []
-        if not (config.active or getattr(config, "safety_monitor", None)):
+        if not (config.active or config.safety_monitor):
             LOG.info(f"{config.describe()} (`slowed:` turns both off; the trainer is left unchanged)")
             return []
         callback = SLowEDCallback(config)
@@ -70,10 +72,8 @@ class SLowEDPlugin(BasePlugin):
         callback.log, callback.announce_start = LOG, False
         if config.anchored:
             callback.anchor_frontend = axolotl_frontend(cfg)
+            if config.safety_anchor["mode"] == "replay":
+                callback.installers.append(step_recount(cfg, LOG))
         callback.attach(trainer)
-        if config.anchored and config.safety_anchor["mode"] == "replay":
-            steps = recount_steps(cfg, trainer)
-            if steps is not None:
-                LOG.info(f"SLowED: safety anchor: {steps} optimizer steps with the anchor rows (Axolotl's count).")
         LOG.info(config.describe())
         return [callback]

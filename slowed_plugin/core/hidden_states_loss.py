@@ -130,7 +130,7 @@ def chunked_masked_causal_lm_loss(
     """Masked causal-LM loss from hidden states (B, T, H) and ``lm_head``: ``(loss, stats, extra)``.
 
     The loss, its gradient and ``stats`` are those of
-    :func:`slowed_plugin.core.masking.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
+    :func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
     (scaled and soft-capped as given): same labels conventions, same mask, same division by
     ``num_items_in_batch`` (clamped to >= 1) or by the kept count, and a zero loss connected to
     every input when a micro-batch keeps nothing and no ``num_items_in_batch`` is given.

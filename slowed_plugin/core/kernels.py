@@ -207,7 +207,7 @@ def check_targets(targets: torch.Tensor, vocab_size: int) -> None:
 
 def normalise(total: torch.Tensor, kept_count: torch.Tensor, num_items_in_batch: torch.Tensor | int | None):
     """``total`` divided as ``ForCausalLMLoss`` divides: by the kept count (mean), or by
-    ``num_items_in_batch`` clamped to at least 1 (as :func:`~.masking.masked_causal_lm_loss` clamps it)."""
+    ``num_items_in_batch`` clamped to at least 1 (as :func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss` clamps it)."""
     if num_items_in_batch is None:
         return total / kept_count
     if torch.is_tensor(num_items_in_batch):

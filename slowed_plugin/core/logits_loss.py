@@ -1,7 +1,7 @@
 """Low-Entropy Masking on logits in one fused pass: entropy and cross-entropy share one logsumexp.
 
 :func:`fused_masked_causal_lm_loss` is a drop-in replacement for
-:func:`slowed_plugin.core.masking.masked_causal_lm_loss` (same arguments, same loss, same gradient, same
+:func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss` (same arguments, same loss, same gradient, same
 :class:`~slowed_plugin.core.masking.MaskStats`), built for large vocabularies:
 
 - forward: one pass over the logits, in chunks of rows, gives per row ``lse = logsumexp(z)``, the
@@ -109,7 +109,7 @@ def fused_masked_causal_lm_loss(
     chunk_rows: int | None = None,
     return_extra: bool = False,
 ):
-    """:func:`slowed_plugin.core.masking.masked_causal_lm_loss`, fused: ``(loss, MaskStats)``.
+    """:func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss`, fused: ``(loss, MaskStats)``.
 
     Same arguments and semantics: ``logits`` (B, T, V); unshifted ``labels`` or aligned
     ``shift_labels``; the loss is the cross-entropy summed over the kept targets, divided by

@@ -13,8 +13,8 @@ import shlex
 import sys
 import time
 
-from ..anchor import DEFAULTS
 from ..files import atomic_write_text
+from .methods import DEFAULT_ANCHOR_RATIO
 
 DEFAULT_OUT = "./slowed-demo"
 # The largest tau of the seed-0 sweep (`slowed demo --sweep-tau`) whose last-epoch safety stayed >= 95 %.
@@ -23,8 +23,6 @@ DEFAULT_TAU = 1.5
 # The value of the product's examples; the paper leaves k open too.
 DEFAULT_MASK_RATIO = 0.2
 DEFAULT_TAUS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-# The product's default anchor ratio (replay); the demo's anchor methods use it unless --anchor-ratio is given.
-DEFAULT_ANCHOR_RATIO: float = DEFAULTS["ratio"]
 QUICK_TAUS = (0.5, 1.5)
 
 

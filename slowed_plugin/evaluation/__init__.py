@@ -10,7 +10,6 @@ measure, arXiv 2508.09666: WalledGuard-C on 80 AdvBench prompts). Pieces, each u
 - :mod:`.stats`: the Wilson score interval.
 - :mod:`.safety`: all of it together, :func:`.safety.evaluate_safety`, and the JSONL records.
 - :mod:`.models`: loading a model plus an optional PEFT adapter, device and dtype choice.
-- :mod:`.monitor_config`: old path of the monitor's settings (:mod:`slowed_plugin.monitor_settings`).
 - :mod:`.safety_cli`: ``slowed eval safety``.
 
 Importing this package is light; torch and transformers load when a function needs them.

@@ -37,7 +37,7 @@ def load_prompts(
     drawn with ``seed``, in source order.
     """
     if isinstance(source, str):
-        prompts = _load_source(source, column, split, subset)
+        prompts = list(_read_once(source, column, split, subset))
     else:
         prompts = [str(p) for p in source]
     prompts = [p for p in prompts if p.strip()]
@@ -59,6 +59,23 @@ def subsample(prompts: list[str], limit: int | None, seed: int = 0) -> list[str]
 
 def _describe(source: Any) -> str:
     return repr(source) if isinstance(source, str) else f"a list of {len(source)} items"
+
+
+# What each source held when it was read, by what identifies it: a run checks its prompt sources at config
+# validation, at the callback's construction and when the anchor attaches, and reads each file or hub dataset once.
+# A file's key holds its modification time and size, so an edited file is read again.
+_READ: dict[tuple, tuple[str, ...]] = {}
+
+
+def _read_once(source: str, column: str | None, split: str | None, subset: str | None) -> tuple[str, ...]:
+    if os.path.isfile(source):
+        stat = os.stat(source)
+        key: tuple = (os.path.abspath(source), stat.st_mtime_ns, stat.st_size, column, split, subset)
+    else:
+        key = (source, column, split, subset)
+    if key not in _READ:
+        _READ[key] = tuple(_load_source(source, column, split, subset))
+    return _READ[key]
 
 
 def _load_source(source: str, column: str | None, split: str | None, subset: str | None) -> list[str]:

@@ -26,22 +26,17 @@ from ..config import SLowEDConfig
 from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
 from ..log import get_logger
-from ..rules import anchor_missing_file, anchor_overlap, check_trainer
+from ..rules import anchor_source_problem, check_trainer
 from . import patches
-from .anchor import Frontend, SafetyAnchor, trl_frontend
 from .binding import calling_trainer
 from .checkpoint import REFERENCE_FILE, load_reference, save_reference
 from .loss import MaskedCausalLMLoss
 from .metrics import METRICS, SLowEDMetrics
+from .safety_anchor import Frontend, SafetyAnchor, trl_frontend
 
-__all__ = ["METRICS", "REFERENCE_FILE", "SLowEDCallback", "online_masking"]
+__all__ = ["METRICS", "REFERENCE_FILE", "SLowEDCallback"]
 
 logger = get_logger()
-
-
-def online_masking(config: SLowEDConfig) -> bool:
-    """Whether masking runs in the training step (`online`), not once on the dataset (`reference`)."""
-    return config.masking and config.entropy_source == "online"
 
 
 class SLowEDCallback(TrainerCallback):
@@ -56,13 +51,17 @@ class SLowEDCallback(TrainerCallback):
         if config is not None and kwargs:
             raise ValueError("Pass SLowED settings either as `config` or as keywords, not both.")
         self.config = SLowEDConfig.from_value(config if config is not None else kwargs)
-        problem = anchor_missing_file(self.config) or anchor_overlap(self.config)
+        problem = anchor_source_problem(self.config)
         if problem is not None:  # before the model is handed over
             raise SLowEDConfigError(problem)
         self.trainer: Trainer | None = None
         self.tuner: SlowTuner | None = None
         self.metrics = SLowEDMetrics(self.config.masking)
-        self.patches: patches.Patches | None = None
+        self.patches: patches.Patches | None = None  # undone at train end (and installed again by a new train())
+        self._attached: patches.Patches | None = None  # undone by detach(): the monitor callback
+        # Changes a front end adds to each installation (Axolotl: its step count recounted with the replay rows).
+        self.installers: list[Callable[[patches.Patches, Trainer], None]] = []
+        self.monitor: Any = None
         self._loss: MaskedCausalLMLoss | None = None
         self._train_dataset: Any = None  # the training set SLowED trains on instead (anchor rows, reference mask)
         self.anchor: SafetyAnchor | None = None
@@ -77,7 +76,7 @@ class SLowEDCallback(TrainerCallback):
         self.announce_start = True
         # Guards that masking really trains (another component may compute the loss instead).
         self._loss_func_at_attach: Any = None
-        self._verified = not online_masking(self.config)
+        self._verified = not self.config.online_masking
 
     # ------------------------------------------------------------------ attaching
     def attach(self, trainer: Trainer) -> None:
@@ -97,7 +96,7 @@ class SLowEDCallback(TrainerCallback):
                 self.config.reference_device,
                 engine=lambda: getattr(trainer, "deepspeed", None),  # DeepSpeed's engine, once training started
             )
-        if online_masking(self.config):
+        if self.config.online_masking:
             model = trainer.model
             causal = model.get_base_model() if hasattr(model, "get_base_model") else model
             self._loss = MaskedCausalLMLoss(
@@ -114,24 +113,28 @@ class SLowEDCallback(TrainerCallback):
             self.anchor.build(trainer, make_frontend(trainer, self.anchor.settings))
             if self.anchor.mode == "replay":
                 dataset = self.anchor.mixed(dataset)
-        if self.config.masking and not online_masking(self.config):
+        if self.config.masking and not self.config.online_masking:
             dataset = _reference_masked_dataset(trainer, self.config, dataset)
         self._train_dataset = dataset if dataset is not trainer.train_dataset else None
         self.trainer = trainer
         self._seen_listed = self in trainer.callback_handler.callbacks
         self._install()
         self._loss_func_at_attach = trainer.compute_loss_func
+        self._attached = patches.Patches()
         if self.config.safety_monitor:
             from .monitor import SafetyMonitorCallback
 
-            monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor))
-            trainer.add_callback(monitor)
-            monitor.attach(trainer)
+            self.monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor))
+            self._attached.add_callback(trainer, self.monitor)
+            self.monitor.attach(trainer)
 
     def detach(self) -> None:
-        """Undo every patch on the trainer (also done at train end) and forget it."""
+        """Undo every change SLowED made to the trainer (the patches are also undone at train end; the monitor
+        callback it registered is removed here) and forget it."""
         if self.patches is not None:
             self.patches.undo()
+        if self._attached is not None:
+            self._attached.undo()
         self.trainer = None
 
     def _install(self) -> None:
@@ -149,6 +152,8 @@ class SLowEDCallback(TrainerCallback):
             write_reference = self._save_reference if self.tuner.dense else None
             patches.install_checkpoint_hook(installed, trainer, self._project_before_checkpoint, write_reference)
         patches.install_metrics_log(installed, trainer, self.metrics.drain)
+        for install in self.installers:
+            install(installed, trainer)
 
     def _registered(self) -> bool:
         # Axolotl attaches before it registers the callback: only a callback seen listed and then gone was removed.
@@ -170,14 +175,14 @@ class SLowEDCallback(TrainerCallback):
             self.attach(trainer)
         elif not self.patches.active:  # a second `train()` after the first one's end undid the patches
             self._install()
-        if online_masking(self.config):
+        if self.config.online_masking:
             self._warmup_kernels(args)
         self._projections = []
         if self.announce_start and state.is_world_process_zero:
             self.log.info(self.config.describe())
         if self.tuner is not None and self.tuner.dense and state.global_step > 0:
             load_reference(self.tuner, args.output_dir, state.global_step)
-        if online_masking(self.config) and self.trainer.compute_loss_func is not self._loss_func_at_attach:
+        if self.config.online_masking and self.trainer.compute_loss_func is not self._loss_func_at_attach:
             raise RuntimeError(
                 "SLowED: the trainer's `compute_loss_func` was replaced after SLowED attached "
                 f"(now {self.trainer.compute_loss_func!r}), so its loss would train unmasked. Install that loss "
@@ -285,10 +290,6 @@ class SLowEDCallback(TrainerCallback):
         if seconds > 1:
             logger.info("SLowED: fused loss kernels ready in %.1f s (compiled once per process).", seconds)
 
-    def drain_metrics(self) -> dict[str, float]:
-        """Metrics accumulated since the last call (reduced over processes), then reset."""
-        return self.metrics.drain()
-
 
 def _unbound_tau_warning(tau: float, report: ProjectionReport, step: int) -> str:
     return (
@@ -315,7 +316,7 @@ def _ends_epoch(state: TrainerState) -> bool:
 
 def _reference_masked_dataset(trainer: Trainer, config: SLowEDConfig, dataset: Any) -> Any:
     """`entropy_source: reference`: ``dataset`` masked once with the initial model's entropies."""
-    from ..core.reference_mask import apply_reference_mask
+    from .reference_dataset import apply_reference_mask
 
     if not (hasattr(dataset, "map") and hasattr(dataset, "__len__") and "input_ids" in dataset.column_names):
         raise ValueError(

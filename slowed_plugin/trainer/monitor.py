@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,10 +34,13 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from ..checks import PYTHON
 from ..evaluation.judges import Judge, load_judge
+from ..log import get_logger
 from ..monitor_settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values, evaluated_limit
 from .binding import calling_trainer
 
 __all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]
+
+logger = get_logger()
 
 SAFEST_DIR = "slowed-safest"
 LAST_SAFE_DIR = "slowed-last-safe"
@@ -198,11 +200,10 @@ class SafetyMonitorCallback(TrainerCallback):
             if self.min_safety_ratio is not None and record["safety_ratio"] >= self.min_safety_ratio:
                 self._remember_safe(record, save=False)
             elif self.min_safety_ratio is not None and state.is_world_process_zero:
-                print(
+                logger.warning(
                     f"slowed: safety monitor: the starting model's safety ratio {record['safety_ratio']:.4f} is already "
                     f"below min_safety_ratio={self.min_safety_ratio:g}; training stops at the first evaluation "
-                    "that is still below it.",
-                    file=sys.stderr,
+                    "that is still below it."
                 )
         self._announce(args, state, seconds)
 
@@ -288,10 +289,9 @@ class SafetyMonitorCallback(TrainerCallback):
                     where += f", saved in {self.last_safe['path']}"
                 if restored:
                     where += "; its weights are back in the model"
-            print(
+            logger.warning(
                 f"slowed: safety monitor: safety ratio {ratio:.4f} at step {state.global_step} is below "
-                f"min_safety_ratio={self.min_safety_ratio:g}: training stops ({where}).",
-                file=sys.stderr,
+                f"min_safety_ratio={self.min_safety_ratio:g}: training stops ({where})."
             )
 
     # ------------------------------------------------------------------ keeping states
@@ -313,10 +313,9 @@ class SafetyMonitorCallback(TrainerCallback):
         params = dict(model.named_parameters())
         sharded = any(getattr(p, "ds_id", None) is not None for p in params.values())
         if sharded or any(params[n].shape != w.shape for n, w in self._last_safe_weights.items() if n in params):
-            print(
+            logger.warning(
                 "slowed: safety monitor: the model's parameters are sharded (DeepSpeed ZeRO-3 / FSDP); the last safe "
-                "state stays in its saved folder and is not copied back.",
-                file=sys.stderr,
+                "state stays in its saved folder and is not copied back."
             )
             return False
         with torch.no_grad():
@@ -368,4 +367,4 @@ class SafetyMonitorCallback(TrainerCallback):
         total = ""
         if count and seconds is not None:
             total = f", about {count * seconds:.0f} s for the {count} planned evaluations"
-        print(f"slowed: safety monitor {when}: one evaluation = {cost}{timing}{total}.", file=sys.stderr)
+        logger.info(f"slowed: safety monitor {when}: one evaluation = {cost}{timing}{total}.")

@@ -1,30 +1,48 @@
-"""What SLowED changes in a ``transformers.Trainer``: every runtime replacement, each installed by name and undone.
+"""What SLowED changes in a ``transformers.Trainer`` and its config: every change, each installed by name and undone.
 
 transformers offers callbacks for events but no hook for the loss of a training step, its token count, the
 rows it logs or the files a checkpoint holds, so SLowED replaces these attributes of the trainer (and one of the
-model) while it is attached; nothing else is changed:
+model) while it is attached. This table is every change SLowED makes to a trainer, its model or its config;
+nothing outside this module makes one:
 
-========================  ===========================================  =========================================
-attribute                 why                                          installed by
-========================  ===========================================  =========================================
-model ``forward``         the training loss over the kept targets      :func:`install_masked_forward`
-                          (also bypasses TRL's ``chunked_nll``
-                          forward, which never builds logits)
-``compute_loss`` and      a custom loss receives the masked labels     :func:`install_custom_loss_masking`
-``compute_loss_func``     (and the packed layout it is not handed)
-``get_batch_samples``     ``num_items_in_batch`` = kept targets of     :func:`install_kept_token_count`
-                          the step, so GA and DDP stay exact
-``log``                   SLowED's metrics on the trainer's own rows   :func:`install_metrics_log`
-``save_model``            project before a checkpoint; full FT's       :func:`install_checkpoint_hook`
-                          start weights inside the checkpoint
-``train_dataset``         the safety anchor's replay rows appended;    :func:`replace_train_dataset`
-                          ``entropy_source: reference`` masks the
-                          dataset's labels once
-========================  ===========================================  =========================================
+=============================  ======================================  ===========================  ==============
+what                           why                                     installed by                 undone
+=============================  ======================================  ===========================  ==============
+model ``forward``              the training loss over the kept         :func:`install_masked_       train end
+                               targets (also bypasses TRL's            forward`
+                               ``chunked_nll`` forward, which never
+                               builds logits)
+``compute_loss`` and           a custom loss receives the masked       :func:`install_custom_       train end
+``compute_loss_func``          labels (and the packed layout it is     loss_masking`
+                               not handed)
+``get_batch_samples``          ``num_items_in_batch`` = kept targets   :func:`install_kept_         train end
+                               of the step, so GA and DDP stay exact   token_count`
+``log``                        SLowED's metrics on the trainer's own   :func:`install_metrics_log`  train end
+                               rows
+``save_model``                 project before a checkpoint; full FT's  :func:`install_checkpoint_   train end
+                               start weights inside the checkpoint     hook`
+``train_dataset``              the safety anchor's replay rows         :func:`replace_train_        train end
+                               appended; ``entropy_source: reference`` dataset`
+                               masks the dataset's labels once
+``args.max_steps``; Axolotl    Axolotl fixed the step count before     :func:`slowed_plugin.        train end
+config ``total_num_tokens``,   the replay rows existed: recounted by   axolotl.anchor_frontend.
+``total_supervised_tokens``    Axolotl's own ``calculate_total_num_    step_recount` (through
+                               steps``                                 :meth:`Patches.replace`,
+                                                                       :meth:`Patches.set_item`)
+``callback_handler.callbacks`` the ``safety_monitor`` key's            :meth:`Patches.add_callback` ``detach()``
+                               ``SafetyMonitorCallback`` registered    (``SLowEDCallback.attach``)
+                               (kept across ``train()`` calls: it
+                               holds the run's safety records)
+callback order                 a ``SafetyMonitorCallback`` moves       ``SafetyMonitorCallback.     never: it moves
+                               itself behind every other callback, so  _run_last``                  only itself; the
+                               it measures what Slow Tuning left                                    others keep their
+                                                                                                    order
+=============================  ======================================  ===========================  ==============
 
-Every replacement passes through to the original once its :class:`Patches` is undone (at train end, by
-``SLowEDCallback.detach()``, or on the first call after the callback was removed from the trainer); where
-nothing wrapped it since, the original attribute is put back.
+"Train end" changes are undone at train end, by ``SLowEDCallback.detach()``, or, when the callback was removed
+from the trainer, at the next safe point (a step's batch fetch or log row; until then every replacement already
+passes through). A second ``train()`` installs them again. Where something wrapped an attribute after SLowED, the
+original is not put back: SLowED's layer stays, inactive, and passes through.
 """
 
 from __future__ import annotations
@@ -50,54 +68,92 @@ _BATCH_SAMPLES_SIGNATURES = (("epoch_iterator", "num_batches", "device"), ("epoc
 
 
 @dataclass
-class _Patch:
-    owner: Any
-    name: str
-    previous: Any  # the owner's own attribute before, or _MISSING when it came from the class
-    replacement: Any
+class _Change:
+    name: str  # as the table above names it
+    undo: Callable[[], None]
 
 
 class Patches:
-    """The replacements installed on one trainer, undone in reverse order.
+    """The changes installed on one trainer, undone in reverse order.
 
-    ``registered`` tells whether the owner (the callback) is still registered on the trainer; a replacement
-    called after it was removed undoes every patch and passes through.
+    ``registered`` tells whether the owner (the callback) is still registered on the trainer; once it is not, every
+    replacement passes through (:attr:`active`), and :meth:`undo_if_unregistered`, called at a safe point, puts the
+    originals back.
     """
 
     def __init__(self, registered: Callable[[], bool] = lambda: True) -> None:
-        self._patches: list[_Patch] = []
+        self._changes: list[_Change] = []
         self._registered = registered
         self._undone = False
 
     @property
     def active(self) -> bool:
+        """Whether the replacements act (a plain read: it changes nothing, so it is safe inside a forward)."""
+        return not self._undone and self._registered()
+
+    def undo_if_unregistered(self) -> bool:
+        """Undo everything if the owner was removed from the trainer; call only between steps. Returns
+        :attr:`active`."""
         if not self._undone and not self._registered():
             self.undo()
         return not self._undone
 
     @property
     def names(self) -> list[str]:
-        return [p.name for p in self._patches]
+        return [c.name for c in self._changes]
 
-    def replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
-        """Set ``owner.name`` to ``make(current value)``."""
+    def _add(self, name: str, undo: Callable[[], None]) -> None:
         if self._undone:
             raise RuntimeError("These patches were undone; build a new Patches to install again.")
+        self._changes.append(_Change(name, undo))
+
+    def replace(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        """Set ``owner.name`` to ``make(current value)``; undone by putting the owner's own value back (or deleting
+        it, when the value came from the class), unless something replaced it since."""
+        previous = vars(owner).get(name, _MISSING)
         replacement = make(getattr(owner, name))
-        self._patches.append(_Patch(owner, name, vars(owner).get(name, _MISSING), replacement))
+
+        def undo() -> None:
+            if vars(owner).get(name, _MISSING) is not replacement:
+                return  # wrapped again after us: our layer stays, inactive
+            if previous is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, previous)
+
+        self._add(name, undo)
         setattr(owner, name, replacement)
 
-    def undo(self) -> None:
-        """Put back every original attribute that nothing wrapped since; the others pass through from now on."""
-        self._undone = True
-        for patch in reversed(self._patches):
-            if vars(patch.owner).get(patch.name, _MISSING) is not patch.replacement:
-                continue  # wrapped again after us: our layer stays, inactive
-            if patch.previous is _MISSING:
-                delattr(patch.owner, patch.name)
+    def set_item(self, mapping: Any, key: str, value: Any) -> None:
+        """``mapping[key] = value`` (a config key); undone by putting the previous value back, or removing the key."""
+        had, previous = key in mapping, mapping.get(key)
+
+        def undo() -> None:
+            if had:
+                mapping[key] = previous
             else:
-                setattr(patch.owner, patch.name, patch.previous)
-        self._patches.clear()
+                mapping.pop(key, None)
+
+        self._add(f"config[{key!r}]", undo)
+        mapping[key] = value
+
+    def add_callback(self, trainer: Trainer, callback: Any) -> None:
+        """Register ``callback`` on ``trainer``; undone by removing it (into a new list, so that a handler iterating
+        over the old one right now still calls it for this event)."""
+        handler = trainer.callback_handler
+
+        def undo() -> None:
+            handler.callbacks = [c for c in handler.callbacks if c is not callback]
+
+        self._add("callback_handler.callbacks", undo)
+        trainer.add_callback(callback)
+
+    def undo(self) -> None:
+        """Undo every change; replacements that something wrapped since pass through from now on."""
+        self._undone = True
+        for change in reversed(self._changes):
+            change.undo()
+        self._changes.clear()
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -175,7 +231,7 @@ def install_kept_token_count(patches: Patches, trainer: Trainer, config: SLowEDC
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         def get_batch_samples(*args: Any, **kwargs: Any):
             batch_samples, num_items = original(*args, **kwargs)
-            if num_items is None or not patches.active:
+            if num_items is None or not patches.undo_if_unregistered():  # between steps: a safe point
                 return batch_samples, num_items
             device = signature.bind(*args, **kwargs).arguments.get("device", trainer.args.device)
             stand_ins = [
@@ -209,7 +265,7 @@ def install_metrics_log(patches: Patches, trainer: Trainer, drain: Callable[[], 
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         def log(logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            if patches.active and not any(key.startswith("eval_") for key in logs):
+            if patches.undo_if_unregistered() and not any(key.startswith("eval_") for key in logs):
                 logs.update(drain())
             return original(logs, *args, **kwargs)
 

@@ -16,7 +16,10 @@ from pathlib import Path
 import pytest
 from axolotl_helpers import PLUGIN, ROOT, Run, load_recipe, offline_env
 
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the dev extra installs tomli on Python 3.10
+    import tomli as tomllib
 
 GUARD_LINE = "slowed: error: `slowed:` is set but no `plugins:` entry loads slowed_plugin.SLowEDPlugin"
 

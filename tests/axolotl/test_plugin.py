@@ -134,12 +134,10 @@ def _cfg(slowed, plugins=(PLUGIN,)):
 def test_hook_attaches_the_callback_and_logs_one_startup_line(trainer, caplog):
     from axolotl.integrations.base import load_plugin
 
-    from slowed_plugin.rules import resolved
-
     plugin = load_plugin(PLUGIN)
     caplog.set_level(logging.INFO, logger="axolotl.integrations.slowed")
     config = SLowEDConfig(tau=10, mask_ratio=0.2)
-    callbacks = plugin.add_callbacks_post_trainer(_cfg(resolved(config)), trainer)
+    callbacks = plugin.add_callbacks_post_trainer(_cfg(config.resolved()), trainer)
     assert len(callbacks) == 1 and callbacks[0].trainer is trainer
     lines = [r.getMessage() for r in caplog.records if r.name == "axolotl.integrations.slowed"]
     assert lines == [config.describe()]

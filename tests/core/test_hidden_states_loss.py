@@ -8,7 +8,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slowed_plugin.core.hidden_states_loss import chunked_masked_causal_lm_loss
-from slowed_plugin.core.masking import kept_token_count, masked_causal_lm_loss, token_entropy
+from slowed_plugin.core.masking import kept_token_count, token_entropy
+from slowed_plugin.trainer.reference_loss import masked_causal_lm_loss
 
 VOCAB, HIDDEN = 41, 12
 # Per dtype: (loss, gradient) tolerances. bf16 logits come from a bf16 matmul of a chunk instead of

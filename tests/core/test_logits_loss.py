@@ -9,7 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from slowed_plugin.core import kernels
 from slowed_plugin.core import logits_loss as fused_loss
 from slowed_plugin.core.logits_loss import fused_masked_causal_lm_loss
-from slowed_plugin.core.masking import kept_token_count, mask_low_entropy_targets, masked_causal_lm_loss, token_entropy
+from slowed_plugin.core.masking import kept_token_count, mask_low_entropy_targets, token_entropy
+from slowed_plugin.trainer.reference_loss import masked_causal_lm_loss
 
 # Per dtype: (loss, gradient) tolerances. The loss is float32 in both; a bf16 gradient may differ by
 # one bf16 rounding step where the float32 values differ in their last bits.

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 from slowed_plugin.core.masking import (
     kept_token_count,
     mask_low_entropy_targets,
-    masked_causal_lm_loss,
     num_masked,
     select_low_entropy,
     target_segments,
     token_entropy,
 )
+from slowed_plugin.trainer.reference_loss import masked_causal_lm_loss
 
 
 def reference_dropped(entropy, candidates, ratio, scope, position_ids=None):

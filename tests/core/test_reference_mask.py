@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from slowed_plugin.core.masking import select_low_entropy, target_segments, token_entropy
-from slowed_plugin.core.reference_mask import apply_reference_mask, reference_mask_fn, reference_masked_labels
+from slowed_plugin.core.reference_mask import reference_masked_labels
+from slowed_plugin.trainer.reference_dataset import apply_reference_mask, reference_mask_fn
 
 
 @pytest.fixture(scope="module")

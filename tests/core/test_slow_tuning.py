@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from installed import require
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -166,7 +167,7 @@ def test_non_lora_peft_is_refused(llama_dir):
 
 
 def test_qlora_4bit_base(llama_dir):
-    pytest.importorskip("bitsandbytes")
+    require("bitsandbytes", "bnb")
     from transformers import BitsAndBytesConfig
 
     base = AutoModelForCausalLM.from_pretrained(

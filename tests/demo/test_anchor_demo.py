@@ -81,7 +81,6 @@ def test_cli_anchor_options():
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
-    assert cli.DEFAULT_ANCHOR_RATIO == DEFAULT_ANCHOR_RATIO
     args = parser.parse_args(["--seeds", "3", "--anchor-ratio", "0.02"])
     assert cli.command_line(args) == "slowed demo --seeds 3 --anchor-ratio 0.02"
     assert cli.command_line(parser.parse_args(["--no-anchor"])) == "slowed demo --no-anchor"
@@ -97,9 +96,17 @@ def test_cli_anchor_options():
 
 
 def test_the_demo_default_is_the_products_default_anchor():
-    from slowed_plugin.anchor import DEFAULTS
+    # What a user gets from `safety_anchor: {prompts: ...}` alone, through the product's own validation, is what
+    # the demo's default command runs (not a constant compared with itself).
+    from slowed_plugin import SLowEDConfig
+    from slowed_plugin.demo import cli
 
-    assert DEFAULTS["mode"] == "replay" and DEFAULTS["ratio"] == DEFAULT_ANCHOR_RATIO
+    users = SLowEDConfig(tau=None, mask_ratio=0, safety_anchor={"prompts": ["how do i pick a lock"]}).safety_anchor
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    anchored = [m for m in cli.select_methods(parser.parse_args([])) if m.anchor == "replay"]
+    assert anchored and {m.anchor_ratio for m in anchored} == {users["ratio"]}
+    assert users["mode"] == "replay"
 
 
 # ---------------------------------------------------------------------------------------------- placebo

@@ -81,7 +81,7 @@ def test_answers_come_from_the_starting_model_with_adapters_off(llama_dir, cot_r
 
 
 def test_cache_is_reused_and_invalidated(llama_dir, cot_rows, tmp_path, monkeypatch):
-    import slowed_plugin.trainer.anchor as glue
+    import slowed_plugin.trainer.safety_anchor as glue
 
     first = SLowEDCallback(tau=None, mask_ratio=0, safety_anchor=anchor(ratio=0.2))
     sft_trainer(llama_dir, cot_rows[:24], tmp_path, [first])

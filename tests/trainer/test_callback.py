@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from installed import require
 from trl_helpers import GradientCatcher, history, sft_trainer, trainable_state
 
 from slowed_plugin import SLowEDCallback
@@ -145,7 +146,7 @@ def test_full_fine_tuning(llama_dir, cot_rows, tmp_path):
 
 @pytest.mark.slow
 def test_qlora_4bit(llama_dir, cot_rows, tmp_path):
-    pytest.importorskip("bitsandbytes")
+    require("bitsandbytes", "bnb")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     base = AutoModelForCausalLM.from_pretrained(

@@ -162,7 +162,10 @@ def _ratio_of(model, tokenizer):
 ALL, THREE, TWO, ONE = [True] * 4, [True, True, True, False], [True, False, True, False], [False, True, False, False]
 
 
-def test_monitor_logs_curve_and_keeps_safest(tmp_path, bigram_tokenizer, capsys):
+def test_monitor_logs_curve_and_keeps_safest(tmp_path, bigram_tokenizer, caplog):
+    import logging
+
+    logging.getLogger("slowed_plugin").addHandler(caplog.handler)  # the package logger does not propagate
     plan = {0: ALL, 1: THREE, 2: ALL, 3: ALL, 4: ONE}
     trainer, monitor, script, model = _run(tmp_path, bigram_tokenizer, plan, epochs=4, keep_safest=True)
     steps_per_epoch = 2
@@ -201,7 +204,8 @@ def test_monitor_logs_curve_and_keeps_safest(tmp_path, bigram_tokenizer, capsys)
     assert trainer.state.global_step == 4 * steps_per_epoch and monitor.stopped is None
     assert torch.equal(model.table.weight, script.weights[4])
     assert not (tmp_path / "out" / LAST_SAFE_DIR).exists()
-    assert "one evaluation = 4 prompts in 2 batches" in capsys.readouterr().err
+    logging.getLogger("slowed_plugin").removeHandler(caplog.handler)
+    assert "one evaluation = 4 prompts in 2 batches" in caplog.text
 
 
 def test_monitor_stops_below_min_ratio_and_restores_last_safe(tmp_path, bigram_tokenizer):
@@ -336,12 +340,12 @@ def test_monitor_config_check_is_light_and_strict():
     import sys
 
     code = (
-        "import sys; import slowed_plugin.evaluation.monitor_config, slowed_plugin.evaluation.safety_cli, "
+        "import sys; import slowed_plugin.monitor_settings, slowed_plugin.evaluation.safety_cli, "
         "slowed_plugin.inspector; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
-    from slowed_plugin.evaluation.monitor_config import check_monitor_config
+    from slowed_plugin.monitor_settings import check_monitor_config
 
     assert check_monitor_config({"prompts": "walledai/AdvBench", "limit": 32}) == {
         "prompts": "walledai/AdvBench",

@@ -125,3 +125,75 @@ def test_installed_get_batch_samples_signature_is_known():
     from slowed_plugin.trainer.patches import _BATCH_SAMPLES_SIGNATURES
 
     assert tuple(inspect.signature(Trainer.get_batch_samples).parameters)[1:] in _BATCH_SAMPLES_SIGNATURES
+
+
+def _snapshot(trainer) -> dict:
+    """Every attribute of the trainer, its arguments and its model's forward, by identity, and its callbacks."""
+    causal = trainer.model.get_base_model()
+    return {
+        "trainer": {k: id(v) for k, v in vars(trainer).items() if k != "callback_handler"},
+        "args": dict(vars(trainer.args)),
+        "forward": vars(causal).get("forward"),
+        "callbacks": list(trainer.callback_handler.callbacks),
+    }
+
+
+def test_detach_leaves_the_trainer_as_it_was_before_attach(llama_dir, cot_rows, tmp_path):
+    """Every change of the patches table (masking, Slow Tuning, anchor replay rows, the monitor callback) is undone."""
+    from slowed_plugin.data import cot_tiny_rows
+
+    prompts = [row["prompt"] for row in cot_tiny_rows()[60:70]]
+    trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path, [], max_steps=1)
+    before = _snapshot(trainer)
+    callback = SLowEDCallback(
+        tau=0.05,
+        mask_ratio=0.3,
+        safety_anchor={"prompts": prompts[:2], "benign_prompts": prompts[2:4], "max_new_tokens": 4, "ratio": 0.2},
+        safety_monitor={"prompts": prompts[6:8], "max_new_tokens": 4, "eval_at_start": False},
+    )
+    trainer.add_callback(callback)
+    callback.attach(trainer)
+    during = _snapshot(trainer)
+    assert during != before and callback.monitor in during["callbacks"]
+    assert trainer.train_dataset is not None and len(trainer.train_dataset) > len(cot_rows[:8])
+    callback.detach()
+    trainer.remove_callback(callback)
+    assert _snapshot(trainer) == before
+
+
+def test_the_axolotl_step_recount_is_a_listed_change_undone_with_the_rows(monkeypatch):
+    import types
+
+    import axolotl.utils.trainer
+
+    from slowed_plugin.axolotl.anchor_frontend import step_recount
+    from slowed_plugin.trainer.patches import Patches
+
+    monkeypatch.setattr(axolotl.utils.trainer, "calculate_total_num_steps", lambda cfg, dataset: 12.0)
+    cfg = {"total_num_tokens": 1000, "datasets": []}
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(max_steps=10), train_dataset=[0] * 12)
+    patches = Patches()
+    step_recount(cfg, types.SimpleNamespace(info=lambda line: None))(patches, trainer)
+    assert trainer.args.max_steps == 12 and cfg == {
+        "total_num_tokens": None,
+        "total_supervised_tokens": None,
+        "datasets": [],
+    }
+    assert patches.names == ["config['total_num_tokens']", "config['total_supervised_tokens']", "max_steps"]
+    patches.undo()
+    assert trainer.args.max_steps == 10 and cfg == {"total_num_tokens": 1000, "datasets": []}
+
+
+def test_reading_active_changes_nothing():
+    """`active` is a plain read (safe mid-forward); only `undo_if_unregistered` undoes, at a safe point."""
+    import types
+
+    from slowed_plugin.trainer.patches import Patches
+
+    registered = [True]
+    owner = types.SimpleNamespace(value=1)
+    patches = Patches(registered=lambda: registered[0])
+    patches.replace(owner, "value", lambda old: old + 1)
+    registered[0] = False
+    assert not patches.active and owner.value == 2  # passes through, but nothing was undone by the read
+    assert not patches.undo_if_unregistered() and owner.value == 1

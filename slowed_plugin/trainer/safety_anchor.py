@@ -3,7 +3,7 @@
 When SLowED attaches (the trainer is built, training has not started) the starting model (adapters off) answers
 the anchor prompts greedily; the answers are cached beside the output (:mod:`slowed_plugin.anchor.answers`). A
 front end tokenizes the rows through the trainer's own data preparation (:class:`Frontend`): TRL's
-``SFTTrainer._prepare_dataset`` here, Axolotl's prompt strategy in :mod:`slowed_plugin.axolotl.anchor`. Then:
+``SFTTrainer._prepare_dataset`` here, Axolotl's prompt strategy in :mod:`slowed_plugin.axolotl.anchor_frontend`. Then:
 
 - ``replay``: the tokenized rows are appended to the training set, so the trainer's sampler shuffles them in and
   each one reaches the loss once per epoch.
@@ -117,7 +117,15 @@ def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
 
         dataset = datasets.Dataset.from_list([record(r) for r in rows])
         args = trainer.args
-        return trainer._prepare_dataset(dataset, tokenizer, args, args.packing, None, "slowed_anchor")
+        # Keywords: a reordered private signature then fails loudly instead of binding the wrong arguments.
+        return trainer._prepare_dataset(
+            dataset=dataset,
+            processing_class=tokenizer,
+            args=args,
+            packing=args.packing,
+            formatting_func=None,
+            dataset_name="slowed_anchor",
+        )
 
     return Frontend(render, not conversational, tokenize)
 

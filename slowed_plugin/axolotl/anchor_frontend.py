@@ -6,7 +6,8 @@ The anchor rows are written in the format of the recipe's first dataset (``type:
 and given packing columns by Axolotl's own ``handle_long_seq_in_dataset`` and ``process_datasets_for_packing``, so
 that they are trained exactly like the recipe's rows (``train_on_inputs``, chat template, sample packing).
 Axolotl computes ``max_steps`` from the dataset before the trainer exists; with replay rows appended it is
-computed again by Axolotl's ``calculate_total_num_steps`` (unless the recipe sets ``max_steps``).
+computed again by Axolotl's ``calculate_total_num_steps`` (unless the recipe sets ``max_steps``), a change listed
+in :mod:`slowed_plugin.trainer.patches` and undone with the rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 from ..anchor.answers import AnchorRow
 from ..rules import anchor_dataset_type, unsupported_anchor_dataset
-from ..trainer.anchor import Frontend
+from ..trainer.patches import Patches
+from ..trainer.safety_anchor import Frontend
 
 
 def axolotl_frontend(cfg: Any) -> Callable[[Any, Mapping[str, Any]], Frontend]:
@@ -71,16 +73,21 @@ def axolotl_frontend(cfg: Any) -> Callable[[Any, Mapping[str, Any]], Frontend]:
     return make
 
 
-def recount_steps(cfg: Any, trainer: Any) -> int | None:
-    """Axolotl's step count for the training set with the replay rows, written to ``trainer.args.max_steps``;
-    None (and nothing changed) when the recipe sets ``max_steps`` itself."""
-    from axolotl.utils.trainer import calculate_total_num_steps
+def step_recount(cfg: Any, log: Any) -> Callable[[Patches, Any], None]:
+    """An installer for ``SLowEDCallback.installers``: Axolotl's step count for the training set with the replay
+    rows, written to ``trainer.args.max_steps`` through ``patches`` (undone with the rows); nothing when the recipe
+    sets ``max_steps`` itself."""
 
-    if cfg.get("max_steps"):
-        return None
-    # Axolotl keeps the token counts of the dataset it measured; the mixed one is measured afresh.
-    cfg["total_num_tokens"] = None
-    cfg["total_supervised_tokens"] = None
-    steps = int(calculate_total_num_steps(cfg, trainer.train_dataset))  # a float with sample packing
-    trainer.args.max_steps = steps
-    return steps
+    def install(patches: Patches, trainer: Any) -> None:
+        from axolotl.utils.trainer import calculate_total_num_steps
+
+        if cfg.get("max_steps"):
+            return
+        # Axolotl keeps the token counts of the dataset it measured; the mixed one is measured afresh.
+        patches.set_item(cfg, "total_num_tokens", None)
+        patches.set_item(cfg, "total_supervised_tokens", None)
+        steps = int(calculate_total_num_steps(cfg, trainer.train_dataset))  # a float with sample packing
+        patches.replace(trainer.args, "max_steps", lambda _: steps)
+        log.info(f"SLowED: safety anchor: {steps} optimizer steps with the anchor rows (Axolotl's count).")
+
+    return install
