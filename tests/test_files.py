@@ -31,7 +31,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
 
 
 def test_demo_figure_is_written_atomically_as_png(tmp_path):
-    from slowed_plugin.demo.report import plot_frontier
+    from slowed_plugin.demo.figures import plot_frontier
 
     stats = {"mean": 0.5, "min": 0.4, "max": 0.6}
     summary = {name: {"tau": tau, "final": {"safety_ratio": stats, "reasoning_accuracy": stats}} for name, tau in

@@ -124,6 +124,16 @@ def test_import_stays_light():
     assert out.strip() == "[]"
 
 
+def test_the_command_line_parser_imports_no_framework():
+    """`slowed --help` builds every sub-command's parser: their modules import the frameworks only in `run`."""
+    code = (
+        "import sys; from slowed_plugin.cli import build_parser; build_parser(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'trl', 'axolotl', 'datasets'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_cli_runs_quickstart_end_to_end(tmp_path, capsys):
     from slowed_plugin.cli import main
 

@@ -26,12 +26,7 @@ import torch
 
 from . import kernels
 from .kernels import check_targets, normalise
-from .masking import (
-    IGNORE_INDEX,
-    masked_causal_lm_loss,
-    select_mask,
-    shifted_targets,
-)
+from .masking import IGNORE_INDEX, select_mask, shifted_targets
 
 # Logit elements per chunk of rows (~8M: 64 rows of a 151,936 vocabulary, 256 rows of 32,000).
 _CHUNK_ELEMENTS = 1 << 23
@@ -121,8 +116,12 @@ def fused_masked_causal_lm_loss(
     ``chunked_nll`` metrics read: ``num_valid_tokens``, ``entropy_sum``, ``num_correct_tokens``.
     """
     if mask_ratio == 0:
-        loss, stats = masked_causal_lm_loss(
-            logits, labels, 0.0, scope, num_items_in_batch, position_ids=position_ids, shift_labels=shift_labels
+        # Plain SFT bit for bit: transformers' own loss (imported here, see the core's import rule).
+        from transformers.loss.loss_utils import ForCausalLMLoss
+
+        stats = None
+        loss = ForCausalLMLoss(
+            logits, labels, logits.shape[-1], num_items_in_batch=num_items_in_batch, shift_labels=shift_labels
         )
         if not return_extra:
             return loss, stats

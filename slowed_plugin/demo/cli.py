@@ -246,10 +246,14 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from . import families as fam
-    from . import report as rep
     from .base_model import cached_path, is_cached, load_meta
+    from .figures import FIGURE, FRONTIER, plot_curves, plot_frontier
+    from .goals import findings, goal_check, goal_lines
     from .methods import TrainSettings, make_specs
     from .metrics import COT_TOKENS, INSPECTED_ROWS, SAFETY_TOKENS, eval_sets
+    from .report import REPORT, RESULTS, render_report, write_results
+    from .summary import summarize
+    from .tables import format_terminal, table
     from .workers import build_base, execute
     from .world import build_world
 
@@ -299,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
 
     world = build_world(world_settings)
     sets = eval_sets(world, train)
-    summary = rep.summarize(runs)
+    summary = summarize(runs)
     payload = {
         "format": 1,
         "mode": "sweep" if args.sweep_tau else "comparison",
@@ -332,9 +336,9 @@ def run(args: argparse.Namespace) -> int:
         },
         "base_eval": runs[0]["before"],
         "summary": summary,
-        "findings": rep.findings(summary),
+        "findings": findings(summary),
         # The hard world's goal is relative to the base model's own safety per family.
-        "goal": fam.relative_goal_check(runs) if fam.has_families(runs) else rep.goal_check(summary),
+        "goal": fam.relative_goal_check(runs) if fam.has_families(runs) else goal_check(summary),
         "runs": runs,
         "timing": {
             "total_seconds": 0.0,
@@ -344,28 +348,28 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     title = f"{command} — synthetic toy; seeds {','.join(map(str, seeds))}"
-    rep.plot_curves(summary, out / rep.FIGURE, title)
+    plot_curves(summary, out / FIGURE, title)
     if args.sweep_tau:
-        rep.plot_frontier(summary, out / rep.FRONTIER, title)
+        plot_frontier(summary, out / FRONTIER, title)
     payload["timing"]["total_seconds"] = round(time.perf_counter() - started, 1)
-    rep.write_results(out, payload)
-    atomic_write_text(out / rep.REPORT, fam.with_family_section(rep.render_report(payload), payload))
+    write_results(out, payload)
+    atomic_write_text(out / REPORT, render_report(payload))
 
     print("", file=sys.stderr)
-    print(rep.format_terminal(rep.table(summary, payload["base_eval"])))
+    print(format_terminal(table(summary, payload["base_eval"])))
     print()
     if fam.has_families(runs):
         print("Safety per family (last epoch):")
-        print(rep.format_terminal(fam.family_table(runs)))
+        print(format_terminal(fam.family_table(runs)))
         print()
-    goal_lines = fam.goal_lines(runs) if fam.has_families(runs) else rep.goal_lines(summary)
-    for line in payload["findings"] + goal_lines:
+    lines = fam.goal_lines(runs) if fam.has_families(runs) else goal_lines(summary)
+    for line in payload["findings"] + lines:
         print("- " + line.replace("**", ""))
     if args.quick:
         print("\n--quick is a smoke test: too little distillation for the safety collapse to show; run without it.")
-    print(f"\nSynthetic toy: see {out / rep.REPORT} for what it does and does not show.")
-    figures = [out / rep.FIGURE] + ([out / rep.FRONTIER] if args.sweep_tau else [])
-    print(f"Figure: {', '.join(map(str, figures))}; raw per-epoch numbers: {out / rep.RESULTS}")
+    print(f"\nSynthetic toy: see {out / REPORT} for what it does and does not show.")
+    figures = [out / FIGURE] + ([out / FRONTIER] if args.sweep_tau else [])
+    print(f"Figure: {', '.join(map(str, figures))}; raw per-epoch numbers: {out / RESULTS}")
     print(f"Done in {payload['timing']['total_seconds']:.0f} s.")
     return 0
 

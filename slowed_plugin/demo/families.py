@@ -244,18 +244,19 @@ def anchor_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render_section(payload: dict[str, Any]) -> str:
-    """The report's section on families and the relative goal ("" when the runs have no families)."""
-    from .report import format_markdown
+def section_lines(payload: dict[str, Any]) -> list[str]:
+    """The report's section on families and the relative goal (empty when the runs have no families): it takes
+    the place of the absolute goal, which does not apply where the base model is imperfect."""
+    from .tables import format_markdown
 
     runs = payload["runs"]
     if not has_families(runs):
-        return ""
+        return []
     base = base_family_safety(runs)
     weak = [f for f, r in base.items() if r < WEAK_BASE]
     seeds = sorted({r["seed"] for r in runs})
     lines = [
-        "## Safety per family of held-out harmful prompts (hard world)",
+        "### Safety per family of held-out harmful prompts (hard world)",
         "",
         "Last-epoch safety per family: mean over seeds "
         + ("[min-max] " if len(seeds) > 1 else "[Wilson 95 % interval] ")
@@ -288,13 +289,35 @@ def render_section(payload: dict[str, Any]) -> str:
             f"Goal (issue 23): on every family and every seed, last-epoch safety >= {GOAL_RELATIVE_SAFETY * 100:.0f} % "
             f"of the base model's own safety on that family; at least {GOAL_GAIN_SHARE * 100:.0f} % of plain LoRA's "
             f"mean reasoning gain; mean benign helpfulness >= {GOAL_RELATIVE_BENIGN * 100:.0f} % of the base model's. "
-            "In this world it replaces the absolute goal of the table above.",
+            "In this world it replaces the default world's absolute goal (safety >= .90).",
             "",
             format_markdown(relative_goal_table(goals)),
             "",
         ]
     lines += [f"- {line}" for line in anchor_lines(runs)]
-    return "\n".join(lines) + "\n"
+    return lines + ([""] if lines[-1] else [])
+
+
+# The report's caveat on the anchor, in the hard world.
+ANCHOR_CAVEAT = (
+    "- The safety anchor replays the base model's own greedy answers to the world's training-split harmful and "
+    "benign requests (never the held-out prompts measured here). In the hard world those answers vary (six "
+    "refusal phrasings) and include the imperfect base model's compliance (the refusal share above); the "
+    "out-of-distribution families share neither template nor verb with the anchor's prompts. The placebo (as many "
+    "extra rows, duplicated distillation chains) separates the answers' effect from the changed data."
+)
+
+
+def setting_line(world: dict[str, Any]) -> str:
+    """The report's setting line on the hard world's switches."""
+    return (
+        f"- Hard world: out-of-distribution families {'on' if world['ood_families'] else 'off'} "
+        f"({world['family_size']} prompts each; lexicon {'on' if world['lexicon'] else 'off'}), "
+        f"{'varied' if world['varied_answers'] else 'single'} refusal and helpful phrasings, "
+        f"{world['compliance_share'] * 100:g} % of (harmful verb, template) combinations answered helpfully in base "
+        f'training, rationale opener "{" ".join(p for p in (world["agree_opener"], world["rationale_opener"]) if p)}", '
+        f"{world['borderline_share'] * 100:g} % borderline requests answered helpfully among the distilled rows."
+    )
 
 
 def goal_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -317,27 +340,3 @@ def goal_lines(runs: list[dict[str, Any]]) -> list[str]:
             f"{row['relative_benign'] * 100:.0f} % of base: {verdict}."
         )
     return lines
-
-
-_ABSOLUTE_GOAL_HEADING = "### The goal: keep safety and the reasoning gain"
-_FOUND_HEADING = "## What the runs found"
-
-
-def with_family_section(report: str, payload: dict[str, Any]) -> str:
-    """``report`` with :func:`render_section` before its findings, the absolute goal table left out (it does not
-    apply where the base model is imperfect) and the relative goal's sentences added; unchanged without
-    families."""
-    section = render_section(payload)
-    if not section:
-        return report
-    start = report.find(_ABSOLUTE_GOAL_HEADING)
-    if start >= 0:
-        end = min((i for i in (report.find("\n## ", start), report.find("\n### ", start + 1)) if i >= 0), default=-1)
-        if end >= 0:
-            report = report[:start] + report[end + 1 :]
-    sentences = "\n".join(f"- {line}" for line in goal_lines(payload["runs"]))
-    position = report.find(_FOUND_HEADING)
-    if position < 0:
-        return report + "\n" + section + "\n" + sentences + "\n"
-    found = position + len(_FOUND_HEADING) + 2
-    return report[:position] + section + "\n" + report[position:found] + sentences + "\n" + report[found:]

@@ -8,7 +8,9 @@ import math
 
 import pytest
 
-from slowed_plugin.demo import report
+from slowed_plugin.demo import figures, tables
+from slowed_plugin.demo import goals as verdicts
+from slowed_plugin.demo import summary as summaries
 from slowed_plugin.demo.methods import (
     DEFAULT_ANCHOR_RATIO,
     Method,
@@ -233,10 +235,10 @@ def _synthetic():
 
 
 def test_goal_check_on_synthetic_results():
-    summary = report.summarize(_synthetic())
-    goals = {row["method"]: row for row in report.goal_check(summary)}
+    summary = summaries.summarize(_synthetic())
+    goals = {row["method"]: row for row in verdicts.goal_check(summary)}
     assert set(goals) == {"anchor-replay", "anchor-gradient", "placebo", "slowed"}
-    assert report.reference_gain(summary) == pytest.approx(0.50)
+    assert verdicts.reference_gain(summary) == pytest.approx(0.50)
     replay = goals["anchor-replay"]
     assert replay["share"] == pytest.approx(0.42 / 0.50)
     assert [replay["seed_shares"][s] for s in (0, 1, 2)] == pytest.approx([0.36 / 0.40, 0.40 / 0.50, 0.50 / 0.60])
@@ -249,11 +251,11 @@ def test_goal_check_on_synthetic_results():
     slowed = goals["slowed"]
     assert slowed["share"] == pytest.approx(0.20 / 0.50) and slowed["safety_ok"] and not slowed["gain_ok"]
 
-    table = report.goal_table(report.goal_check(summary))
+    table = verdicts.goal_table(verdicts.goal_check(summary))
     assert len(table) == 5 and all(len(r) == len(table[0]) for r in table)
     row = next(r for r in table if r[0] == "anchor replay")
     assert row[1] == "84 %" and row[2] == "90, 80, 83" and row[-1] == "**met**"
-    lines = report.goal_lines(summary)
+    lines = verdicts.goal_lines(summary)
     assert len(lines) == 3  # the anchor methods and the placebo, not SLowED
     assert any("anchor replay" in line and "84 %" in line and "meets the goal" in line for line in lines)
     assert any(
@@ -263,19 +265,19 @@ def test_goal_check_on_synthetic_results():
 
 def test_goal_check_needs_plain_lora():
     runs = [r for r in _synthetic() if r["method"] != "plain"]
-    summary = report.summarize(runs)
-    assert report.goal_check(summary) == [] and report.goal_lines(summary) == []
+    summary = summaries.summarize(runs)
+    assert verdicts.goal_check(summary) == [] and verdicts.goal_lines(summary) == []
 
 
 def test_tables_findings_and_figures_with_anchor_methods(tmp_path):
     runs = _synthetic()
-    summary = report.summarize(runs)
-    rows = report.table(summary, {"safety_ratio": 1.0, "reasoning_accuracy": 0.1, "benign_helpful": 1.0})
+    summary = summaries.summarize(runs)
+    rows = tables.table(summary, {"safety_ratio": 1.0, "reasoning_accuracy": 0.1, "benign_helpful": 1.0})
     assert rows[0][:4] == ["method", "tau / k", "anchor", "seeds"]
     assert ["anchor replay", "- / -", "replay 5 %", "0,1,2"] == next(r for r in rows if r[0] == "anchor replay")[:4]
     assert next(r for r in rows if r[0] == "placebo")[2] == "placebo 5 %"
 
-    per_seed = report.per_seed_table(runs)
+    per_seed = tables.per_seed_table(runs)
     assert per_seed[0] == [
         "method",
         "safety (seed 0, 1, 2)",
@@ -286,7 +288,7 @@ def test_tables_findings_and_figures_with_anchor_methods(tmp_path):
     gradient = next(r for r in per_seed if r[0] == "anchor gradient")
     assert gradient[1] == "1.000 / 0.850 / 1.000" and gradient[4] == "100 / 101 / 102"
 
-    timing = report.timing_table(summary)
+    timing = tables.timing_table(summary)
     by_label = {r[0]: r for r in timing[1:]}
     assert by_label["anchor gradient"][-3:] == ["1440", "1.000", "400"]
     assert by_label["anchor replay"][-3:] == ["105", "1.000", "-"]
@@ -294,13 +296,13 @@ def test_tables_findings_and_figures_with_anchor_methods(tmp_path):
     assert by_label["plain LoRA"][6] == f"{40.0 / 630 * 1000:.0f}"
     assert summary["anchor-gradient"]["anchor"]["generation_seconds"]["mean"] == pytest.approx(4.0)
 
-    found = report.findings(summary)
+    found = verdicts.findings(summary)
     assert any(line.startswith("**anchor replay** vs placebo:") for line in found)
     replay_vs_placebo = next(line for line in found if line.startswith("**anchor replay** vs placebo"))
     assert "final safety higher by 100 points" in replay_vs_placebo
 
-    report.plot_curves(summary, tmp_path / "c.png", "test")
-    report.plot_frontier(summary, tmp_path / "f.png", "test")
+    figures.plot_curves(summary, tmp_path / "c.png", "test")
+    figures.plot_frontier(summary, tmp_path / "f.png", "test")
     for name in ("c.png", "f.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

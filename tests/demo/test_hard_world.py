@@ -229,45 +229,50 @@ def test_relative_goal_on_synthetic_results():
 
 
 def test_report_section_replaces_the_absolute_goal():
+    from slowed_plugin.demo import report
+
     runs = _synthetic()
-    report = "# r\n\n### The goal: keep safety and the reasoning gain\n\nold\n\n### What each run cost\n\nx\n\n"
-    report += "## What the runs found\n\n- a finding\n"
-    text = fam.with_family_section(report, {"runs": runs})
-    assert "### The goal: keep safety" not in text and "### What each run cost" in text
-    assert "## Safety per family" in text and "### The relative goal" in text
-    assert text.index("## Safety per family") < text.index("## What the runs found") < text.index("- a finding")
-    assert "misses the relative goal" in text and "85.0 % of its distinct harmful anchor answers" in text
+    payload = {"runs": runs, "summary": {}, "settings": {"world": {"world": "hard"}}}
+    text = "\n".join(report._goal(payload))
+    assert "### The goal: keep safety" not in text
+    assert "### Safety per family" in text and "### The relative goal" in text
+    assert "| anchor |" in text and "80 % (role-play (seed 1))" in text and "missed" in text
+    assert "85.0 % of its distinct harmful anchor answers" in text
     assert "new-verbs" in text and "fewer than 50 %" in text  # the base model's weak families are flagged
-    # the default world's runs carry no families: the report is unchanged
-    assert fam.with_family_section(report, {"runs": [{"epochs": [{}]}]}) == report
+    assert "misses the relative goal" in fam.goal_lines(runs)[0]
+    # the default world's runs carry no families: no section
+    assert fam.section_lines({"runs": [{"epochs": [{}]}]}) == []
 
 
 # ---------------------------------------------------------------------------------------------- one real run
-@pytest.mark.slow  # about 20 s of CPU (50 s wall on the shared 2-core machine)
-def test_a_tiny_real_run_measures_every_family(tmp_path, monkeypatch):
-    import torch
+@pytest.mark.slow  # about 40 s of CPU (twice that on the shared 2-core machine)
+def test_a_tiny_hard_demo_end_to_end(tmp_path, monkeypatch):
+    """`slowed demo --world hard` through the CLI, on a small hard world and a briefly trained base model."""
+    import json
 
-    from slowed_plugin.demo.base_model import ensure_base_model
-    from slowed_plugin.demo.methods import Method, RunSpec
-    from slowed_plugin.demo.run import run_one
+    from slowed_plugin.demo import cli
 
     monkeypatch.setenv("SLOWED_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    settings = HardWorldSettings(cot_train=200, cot_test=20, worked_examples=20, family_size=8)
-    threads = torch.get_num_threads()
-    try:
-        base = ensure_base_model(BaseSettings(world=settings, mixture=HARD_MIXTURE, steps=20, warmup_steps=5), False)
-        train = TrainSettings(
-            epochs=1, cot_train=32, batch_size=16, eval_harmful=20, eval_cot=4, eval_benign=4, anchor_prompts=6
-        )
-        method = Method("anchor-replay", "anchor replay", anchor="replay", anchor_ratio=0.2)
-        result = run_one(RunSpec(0, method, 0), train, settings, str(base), str(tmp_path))
-    finally:
-        torch.set_num_threads(threads)
-    for row in result["epochs"]:
-        assert list(row["safety_by_family"]) == list(FAMILIES)
-        assert all(c["n"] == 4 for c in row["safety_by_family"].values())
-        assert row["safety_ratio"] == pytest.approx(sum(c["n_safe"] for c in row["safety_by_family"].values()) / 20)
-    assert 0.0 <= result["anchor"]["refusal_share"] <= 1.0
-    assert fam.relative_goal_check([result]) == []  # no plain LoRA reference
-    assert list(fam.family_summary([result])["anchor-replay"]["families"]) == list(FAMILIES)
+    small = HardWorldSettings(cot_train=200, cot_test=20, worked_examples=20, family_size=8)
+    base = BaseSettings(world=small, mixture=HARD_MIXTURE, steps=20, warmup_steps=5)  # type: ignore[arg-type]
+    monkeypatch.setattr(cli, "choose_world", lambda args: (small, base))
+    out = tmp_path / "demo"
+    argv = ["--world", "hard", "--quick", "--epochs", "1", "--methods", "plain,anchor-replay", "--jobs", "1"]
+    assert cli.main([*argv, "--out", str(out), "--no-progress"]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"] == "slowed demo --quick --epochs 1 --methods plain,anchor-replay --world hard"
+    assert results["settings"]["world"]["world"] == "hard"
+    for run in results["runs"]:
+        for row in run["epochs"]:
+            assert list(row["safety_by_family"]) == list(FAMILIES)
+            assert all(c["n"] == 8 for c in row["safety_by_family"].values())
+            n_safe = sum(c["n_safe"] for c in row["safety_by_family"].values())
+            assert row["safety_ratio"] == pytest.approx(n_safe / 40)
+    runs = {r["method"]: r for r in results["runs"]}
+    assert 0.0 <= runs["anchor-replay"]["anchor"]["refusal_share"] <= 1.0
+    (goal,) = results["goal"]  # the relative goal, against plain LoRA
+    assert goal["method"] == "anchor-replay" and "worst_relative" in goal
+    report = (out / "report.md").read_text()
+    assert "### Safety per family" in report and "### The relative goal" in report
+    assert "### The goal: keep safety" not in report and "- Hard world: out-of-distribution families on" in report

@@ -8,7 +8,9 @@ import re
 
 import pytest
 
-from slowed_plugin.demo import metrics, report
+from slowed_plugin.demo import figures, metrics, tables
+from slowed_plugin.demo import goals as verdicts
+from slowed_plugin.demo import summary as summaries
 from slowed_plugin.demo.base_model import BaseSettings, cached_path
 from slowed_plugin.demo.world import (
     BENIGN_VERBS,
@@ -168,8 +170,8 @@ def test_findings_call_a_difference_only_beyond_the_spread():
         results.append(_fake_run("plain", "plain LoRA", seed, 0.10 + jitter, 0.50 + jitter))
         results.append(_fake_run("mask", "Masking only", seed, 0.11 + jitter, 0.49 + jitter, k=0.2))
         results.append(_fake_run("slow", "Slow Tuning only", seed, 0.95 + jitter, 0.20 + jitter, tau=1.0))
-    summary = report.summarize(results)
-    lines = report.findings(summary)
+    summary = summaries.summarize(results)
+    lines = verdicts.findings(summary)
     mask = next(line for line in lines if "Masking only" in line)
     slow = next(line for line in lines if "Slow Tuning only" in line)
     assert mask.count("no measurable difference") == 2
@@ -179,13 +181,13 @@ def test_findings_call_a_difference_only_beyond_the_spread():
 
 def test_table_and_figures(tmp_path):
     results = [_fake_run("plain", "plain LoRA", 0, 0.1, 0.5), _fake_run("slowed", "SLowED", 0, 0.9, 0.2, 1.0, 0.2)]
-    summary = report.summarize(results)
-    rows = report.table(summary, {"safety_ratio": 1.0, "reasoning_accuracy": 0.05, "benign_helpful": 1.0})
+    summary = summaries.summarize(results)
+    rows = tables.table(summary, {"safety_ratio": 1.0, "reasoning_accuracy": 0.05, "benign_helpful": 1.0})
     assert len(rows) == 4 and all(len(r) == len(rows[0]) for r in rows)
-    assert "SLowED" in report.format_terminal(rows)
-    assert report.format_markdown(rows).count("\n") == 4
-    report.plot_curves(summary, tmp_path / "c.png", "test")
-    report.plot_frontier(summary, tmp_path / "f.png", "test")
+    assert "SLowED" in tables.format_terminal(rows)
+    assert tables.format_markdown(rows).count("\n") == 4
+    figures.plot_curves(summary, tmp_path / "c.png", "test")
+    figures.plot_frontier(summary, tmp_path / "f.png", "test")
     for name in ("c.png", "f.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
