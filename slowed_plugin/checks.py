@@ -7,7 +7,10 @@ user wrote the value in (:class:`Spelling`): Python keywords (``tau=None``) or Y
 (``slowed.tau: null``).
 
 Numbers are accepted as users write them (:func:`as_number`): ints, floats, numpy scalars, torch 0-d tensors,
-and the scientific notation that PyYAML reads as a string (``5e-2``); they are converted once, here.
+and numbers written as text. One rule for text: a string that is a decimal number is that number, as if written
+without quotes (``tau: "10"`` is ``tau: 10``; ``"0.2"`` is 0.2). It covers the scientific notation that PyYAML
+reads as a string even unquoted (``5e-2``), which cannot be told apart from a quoted one after loading. They
+are converted once, here.
 """
 
 from __future__ import annotations
@@ -68,17 +71,20 @@ def yaml_spelling(key: str) -> Spelling:
 
 
 # ---------------------------------------------------------------------------------------------- numbers
-# The numbers YAML 1.2 reads as floats but PyYAML (YAML 1.1, which wants a dot and a signed exponent) leaves as
-# strings: `5e-2`, `1e1`, `1.0e5`. A quoted "10" stays a string: the user asked for one.
+# Decimal numbers written as text: an integer (`10`), a decimal fraction (`0.2`), or scientific notation (`5e-2`,
+# which PyYAML, following YAML 1.1, leaves as a string even unquoted). A quoted number reads as the unquoted one.
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_DECIMAL = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)")
 _SCIENTIFIC = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
 def as_number(value: Any, integer: bool = False) -> int | float | None:
     """The plain ``int``/``float`` that ``value`` stands for, or None when it is not a number as users write them.
 
-    Accepts ints, floats, numpy scalars and torch 0-d tensors (duck-typed: no import), and scientific notation
-    in a string. Refuses bools (``tau: true`` is a typo, not 1.0). With ``integer``, only integral types (and a
-    string such as ``1e3`` that denotes an integer exactly) count: ``2.0`` is not a number of steps. A float in
+    Accepts ints, floats, numpy scalars and torch 0-d tensors (duck-typed: no import), and a decimal number in a
+    string, read as the same number unquoted (``"10"`` as 10, ``"0.2"`` as 0.2, ``"5e-2"`` as 0.05). Refuses bools
+    (``tau: true`` is a typo, not 1.0). With ``integer``, only integral types (and a string such as ``"3"``, or
+    ``1e3`` that denotes an integer exactly) count: ``2.0`` (quoted or not) is not a number of steps. A float in
     lower precision (``np.float32(0.29)``) becomes the shortest decimal that it rounds from (0.29), the number
     the user wrote, not its binary expansion (0.28999999165534973). NaN and inf are returned: the caller refuses
     them with its own message.
@@ -90,6 +96,10 @@ def as_number(value: Any, integer: bool = False) -> int | float | None:
     if isinstance(value, float):
         return None if integer else float(value)
     if isinstance(value, str):
+        if _INTEGER.fullmatch(value):
+            return int(value)
+        if _DECIMAL.fullmatch(value):
+            return None if integer else float(value)
         if not _SCIENTIFIC.fullmatch(value):
             return None
         if integer:

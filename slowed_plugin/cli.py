@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval safety": ("slowed_plugin.evaluation.safety_cli", "Safety ratio of a model on harmful prompts."),
     "inspect": ("slowed_plugin.inspector.cli", "Show which target tokens Low-Entropy Masking drops."),
     "recipes": ("slowed_plugin.recipes_cli", "List the bundled Axolotl recipes, or copy one out."),
+    "doctor": ("slowed_plugin.doctor.cli", "Check this machine: versions, device, loss kernels, 4-bit, step speed."),
 }
 
 # name -> (packages the command imports beyond the base install, the extra that brings them).
@@ -31,6 +32,9 @@ NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     "demo": (("matplotlib", "trl"), "demo"),
     "quickstart": (("trl",), "trl"),
     "check": (("axolotl",), "axolotl"),
+    # The inspector prepares rows with TRL's own helpers (is_conversational, maybe_convert_to_chatml), so that
+    # it shows what SFTTrainer trains on: the dependency is the point, not an accident.
+    "inspect": (("trl",), "trl"),
 }
 VERBOSE_ENV = "SLOWED_VERBOSE"
 

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = build_tokenizer([r["prompt"] + " " + r["completion"] for r in rows], model_dir)
     build_model(args.family, vocab_size(tokenizer), model_dir, hidden=64)
 
+    callback = SLowEDCallback(config)
+    callback.announce_start = False
     trainer = SFTTrainer(
         model=model_dir,
         args=SFTConfig(
@@ -58,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
-        callbacks=[SLowEDCallback(config)],
+        callbacks=[callback],
     )
-    print(config.describe())
+    print(config.describe())  # on stdout, before the trainer's own output; the callback then stays quiet about it
     trainer.train()
     trainer.save_model(os.path.join(out, "adapter"))
 

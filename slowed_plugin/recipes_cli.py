@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -33,11 +34,21 @@ def recipes() -> dict[str, Path]:
 
 
 def summary(path: Path) -> str:
-    """What a recipe is for: the rest of its first header line (``# name.yaml: what it is``)."""
+    """What a recipe is for: its first header sentence (``# name.yaml: what it is.``), which may run over several
+    comment lines, without its parenthetical asides (timings, hardware), so that nothing is cut mid-parenthesis."""
+    lines = []
     with open(path, encoding="utf-8") as handle:
-        first = handle.readline().strip()
-    text = first.lstrip("# ").strip()
-    return text.split(":", 1)[1].strip() if ":" in text else text
+        for line in handle:
+            text = line.strip()
+            if not text.startswith("#") or not text.lstrip("# ").strip():
+                break  # the header's first paragraph ends at a bare `#` or at the first key
+            lines.append(text.lstrip("# ").strip())
+    text = " ".join(lines)
+    if ":" in text.split(" ", 1)[0]:  # `name.yaml: what it is`
+        text = text.split(":", 1)[1].strip()
+    text = re.sub(r"\s*\([^()]*\)", "", text)
+    end = text.find(". ")
+    return " ".join((text[: end + 1] if end >= 0 else text).split())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

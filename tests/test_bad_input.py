@@ -32,7 +32,8 @@ BAD_VALUES = {
     "tau zero": ({"tau": 0, "mask_ratio": 0.2}, ["`slowed.tau`", "got 0.", "finite number > 0"]),
     "tau nan": ({"tau": math.nan, "mask_ratio": 0.2}, ["`slowed.tau`", "got nan", "finite number > 0"]),
     "tau inf": ({"tau": math.inf, "mask_ratio": 0.2}, ["`slowed.tau`", "got inf", "finite number > 0"]),
-    "tau string": ({"tau": "10", "mask_ratio": 0.2}, ["`slowed.tau`", "got '10'", "finite number > 0"]),
+    "tau quoted zero": ({"tau": "0", "mask_ratio": 0.2}, ["`slowed.tau`", "got '0'", "finite number > 0"]),
+    "tau quoted with spaces": ({"tau": " 10", "mask_ratio": 0.2}, ["`slowed.tau`", "got ' 10'", "finite number > 0"]),
     "tau bool": ({"tau": True, "mask_ratio": 0.2}, ["`slowed.tau`", "got True", "finite number > 0"]),
     "tau list": ({"tau": [10], "mask_ratio": 0.2}, ["`slowed.tau`", "got [10]", "finite number > 0"]),
     "ratio one": ({"tau": 1, "mask_ratio": 1.0}, ["`slowed.mask_ratio`", "got 1.0", "0 <= mask_ratio < 1"]),
@@ -166,6 +167,10 @@ BAD_VALUES = {
         {"tau": 1, "mask_ratio": 0.2, "project_every": "2.5e0"},
         ["`slowed.project_every`", "got '2.5e0'", "positive number of optimizer steps"],
     ),
+    "project every quoted fraction": (
+        {"tau": 1, "mask_ratio": 0.2, "project_every": "2.0"},
+        ["`slowed.project_every`", "got '2.0'", "positive number of optimizer steps"],
+    ),
     "project every numpy float": (
         {"tau": 1, "mask_ratio": 0.2, "project_every": np.float32(2.0)},
         ["`slowed.project_every`", "2.0", "positive number of optimizer steps"],
@@ -221,6 +226,12 @@ DUPLICATE_KEYS = {
 ACCEPTED_NUMBERS = {
     "yaml exponent forms": ({"tau": "5e-2", "mask_ratio": "2e-1"}, {"tau": 0.05, "mask_ratio": 0.2}),
     "yaml exponent short form": (["1e1", "2.5E-1"], {"tau": 10.0, "mask_ratio": 0.25}),
+    # One rule for quoted numbers: the same number as unquoted (`tau: "10"` is `tau: 10`).
+    "quoted numbers": (
+        {"tau": "10", "mask_ratio": "0.2", "project_every": "3"},
+        {"tau": 10.0, "mask_ratio": 0.2, "project_every": 3},
+    ),
+    "quoted short form": (["1.5", "0"], {"tau": 1.5, "mask_ratio": 0.0}),
     "yaml exponent steps": ({"tau": 1, "mask_ratio": 0, "project_every": "1e1"}, {"project_every": 10}),
     "ints": ({"tau": 10, "mask_ratio": 0, "project_every": 3}, {"tau": 10.0, "mask_ratio": 0.0, "project_every": 3}),
     "numpy float32": ({"tau": np.float32(10.0), "mask_ratio": np.float32(0.29)}, {"tau": 10.0, "mask_ratio": 0.29}),
@@ -490,6 +501,21 @@ def test_yaml_scientific_notation_as_written_in_a_recipe(tmp_path):
     assert (report.config.tau, report.config.mask_ratio, report.config.project_every) == (0.05, 0.2, 10)
     validated = validate_axolotl({"slowed": yaml.safe_load(text)["slowed"]})["slowed"]
     assert (validated["tau"], validated["mask_ratio"], validated["project_every"]) == (0.05, 0.2, 10)
+
+
+def test_quoted_numbers_as_written_in_a_recipe_read_as_unquoted(tmp_path):
+    """Issue 22: `tau: "5e-2"` was accepted but `tau: "10"` refused; one rule now: quoted is as unquoted."""
+    from slowed_plugin.axolotl.check import check_recipe
+
+    text = yaml.safe_dump(BASE_RECIPE) + 'slowed: {tau: "10", mask_ratio: "0.2", project_every: "3"}\n'
+    assert yaml.safe_load(text)["slowed"]["tau"] == "10"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    report = check_recipe(str(path))
+    assert report.errors == [], report.errors
+    assert (report.config.tau, report.config.mask_ratio, report.config.project_every) == (10.0, 0.2, 3)
+    validated = validate_axolotl({"slowed": yaml.safe_load(text)["slowed"]})["slowed"]
+    assert (validated["tau"], validated["mask_ratio"], validated["project_every"]) == (10.0, 0.2, 3)
 
 
 def test_slowed_check_reports_every_recipe_when_one_fails_unexpectedly(tmp_path, monkeypatch):

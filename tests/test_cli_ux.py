@@ -63,6 +63,11 @@ MISSING = {
         ("trl",),
         "slowed quickstart needs trl: pip install 'slowed-plugin[trl]'",
     ),
+    "inspect without trl": (
+        ("inspect", "--model", "does-not-matter"),
+        ("trl",),
+        "slowed inspect needs trl: pip install 'slowed-plugin[trl]'",
+    ),
     "check without axolotl": (
         ("check", str(TINY_RECIPE)),
         ("axolotl",),

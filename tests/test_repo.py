@@ -1,6 +1,7 @@
 """The README, the docs and CI agree with the code."""
 
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -134,12 +135,18 @@ def test_the_command_line_parser_imports_no_framework():
     assert out.strip() == "[]"
 
 
-def test_cli_runs_quickstart_end_to_end(tmp_path, capsys):
-    from slowed_plugin.cli import main
-
-    assert main(["quickstart", "--epochs", "1", "--out", str(tmp_path), "--tau", "0.1"]) == 0
-    out = capsys.readouterr().out
-    assert "SLowED: Slow Tuning tau=0.1" in out and "SLowED metrics as the trainer logged them" in out
+def test_cli_runs_quickstart_end_to_end(tmp_path):
+    # A subprocess, as a user runs it: the SLowED logger writes to the real stderr, beside the trainer's progress bar.
+    command = [sys.executable, "-m", "slowed_plugin.cli", "quickstart", "--epochs", "1", "--out", str(tmp_path)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([*command, "--tau", "0.1"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out, err = done.stdout, done.stderr
+    assert "SLowED metrics as the trainer logged them" in out
+    assert (out + err).count("SLowED: Slow Tuning tau=0.1") == 1, out + err  # the start line once
+    # The end line starts a line of its own, not glued onto the progress bar's last state (`...s/it]SLowED: ...`).
+    pieces = [piece for piece in re.split(r"[\r\n]", err) if "SLowED: trained weights satisfy" in piece]
+    assert len(pieces) == 1 and pieces[0].startswith("SLowED: trained weights satisfy"), err[-2000:]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
@@ -150,3 +157,26 @@ def test_cli_rejects_bad_value_before_any_model(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("slowed: error: `mask_ratio` must be") and "1.5" in err and "\n" not in err
     assert not (tmp_path / "tiny-model").exists()
+
+
+def _readme_block(after: str) -> list[str]:
+    """The commands of the first ```bash block after ``after`` in the README, comments dropped."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8").split(after, 1)[1]
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow  # the model build, `slowed inspect` and a short `slowed eval safety`, as a user runs them: ~1 min
+def test_readme_try_it_commands_run_as_written_on_the_tiny_model(tmp_path):
+    commands = _readme_block("To try both without a download")
+    assert commands[0].startswith("python -m slowed_plugin.axolotl.tiny_assets slowed-tiny")
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        " && ".join(commands), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "dropped" in done.stdout and re.search(r"^safety ratio \S+ \(\d+/2\)", done.stdout, re.M), done.stdout

@@ -6,12 +6,17 @@ The anchor rows are written in the format of the recipe's first dataset (``type:
 and given packing columns by Axolotl's own ``handle_long_seq_in_dataset`` and ``process_datasets_for_packing``, so
 that they are trained exactly like the recipe's rows (``train_on_inputs``, chat template, sample packing).
 Axolotl computes ``max_steps`` from the dataset before the trainer exists; with replay rows appended it is
-computed again by Axolotl's ``calculate_total_num_steps`` (unless the recipe sets ``max_steps``), a change listed
-in :mod:`slowed_plugin.trainer.patches` and undone with the rows.
+computed again (unless the recipe sets ``max_steps``), a change listed in :mod:`slowed_plugin.trainer.patches` and
+undone with the rows. With sample packing the count is Axolotl's own (``calculate_total_num_steps``, the bins of its
+multipack sampler). Without packing it is the trainer's (:func:`whole_epoch_steps`): Axolotl's formula there,
+``ceil(rows * epochs / batch)``, runs the epochs together, while the trainer ends every epoch on a short step when
+its micro-batches do not fill the last one; with 91 rows, micro-batches of 4 and accumulation 2 (the tiny recipe
+with the default anchor) that is 23 steps for the trainer's 24, and training stopped at epoch 1.957.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -74,9 +79,10 @@ def axolotl_frontend(cfg: Any) -> Callable[[Any, Mapping[str, Any]], Frontend]:
 
 
 def step_recount(cfg: Any, log: Any) -> Callable[[Patches, Any], None]:
-    """An installer for ``SLowEDCallback.installers``: Axolotl's step count for the training set with the replay
-    rows, written to ``trainer.args.max_steps`` through ``patches`` (undone with the rows); nothing when the recipe
-    sets ``max_steps`` itself."""
+    """An installer for ``SLowEDCallback.installers``: the step count of whole epochs over the training set with the
+    replay rows (Axolotl's with sample packing, the trainer's without; see the module), written to
+    ``trainer.args.max_steps`` through ``patches`` (undone with the rows); nothing when the recipe sets
+    ``max_steps`` itself."""
 
     def install(patches: Patches, trainer: Any) -> None:
         from axolotl.utils.trainer import calculate_total_num_steps
@@ -87,7 +93,37 @@ def step_recount(cfg: Any, log: Any) -> Callable[[Patches, Any], None]:
         patches.set_item(cfg, "total_num_tokens", None)
         patches.set_item(cfg, "total_supervised_tokens", None)
         steps = int(calculate_total_num_steps(cfg, trainer.train_dataset))  # a float with sample packing
+        source = "Axolotl's count"
+        if not cfg.get("sample_packing"):
+            source = "whole epochs, as the trainer counts them"
+            args = trainer.args
+            steps = whole_epoch_steps(
+                len(trainer.train_dataset),
+                args.per_device_train_batch_size,
+                args.gradient_accumulation_steps,
+                args.num_train_epochs,
+                world_size=args.world_size,
+                drop_last=args.dataloader_drop_last,
+            )
         patches.replace(trainer.args, "max_steps", lambda _: steps)
-        log.info(f"SLowED: safety anchor: {steps} optimizer steps with the anchor rows (Axolotl's count).")
+        log.info(f"SLowED: safety anchor: {steps} optimizer steps with the anchor rows ({source}).")
 
     return install
+
+
+def whole_epoch_steps(
+    rows: int,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    num_epochs: float,
+    world_size: int = 1,
+    drop_last: bool = False,
+) -> int:
+    """Optimizer steps of ``num_epochs`` epochs over ``rows`` examples without sample packing, as transformers'
+    ``Trainer`` counts them with ``max_steps=-1``: each process draws ``ceil(rows / (micro_batch_size * world_size))``
+    micro-batches an epoch (``floor`` with ``drop_last``), and every epoch ends on an optimizer step even when its
+    last accumulation is short."""
+    per_process = micro_batch_size * world_size
+    batches = rows // per_process if drop_last else -(-rows // per_process)
+    per_epoch = max(-(-batches // gradient_accumulation_steps), 1)
+    return math.ceil(num_epochs * per_epoch)

@@ -15,6 +15,12 @@ left unwrapped) and, on entry, raises :class:`SLowEDGuardError` when ``slowed:``
 the recipe's ``plugins:`` is a loaded ``SLowEDPlugin``. Validation runs in ``load_cfg`` before the
 datasets and the model, and before the output folder is created.
 
+The same plugin makes SLowED's own validation errors (``SLowEDConfigError``, e.g. ``mask_ratio: 1.5``) end an
+uncaught run with one line instead of pydantic's traceback, and end it promptly: Axolotl's telemetry (on unless
+``AXOLOTL_DO_NOT_TRACK=1``) flushes at exit, and with the network unreachable its retries wait for minutes. For
+these errors the queued events get ``TELEMETRY_GRACE_S`` seconds to leave; when they could not, a second line says
+that they were dropped and how to turn telemetry off. Every other error keeps Axolotl's own exit.
+
 Off switches: ``SLOWED_AXOLOTL_GUARD=0``, or pydantic's own ``PYDANTIC_DISABLE_PLUGINS=slowed-guard``.
 This module imports nothing heavy: pydantic loads it in every process of the environment that
 validates a pydantic model.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +38,8 @@ PLUGIN_NAME = "slowed_plugin.SLowEDPlugin"  # as in slowed_plugin.axolotl (not i
 ENV_SWITCH = "SLOWED_AXOLOTL_GUARD"
 # Axolotl's config models: the base ones, and the subclasses that merge_input_args builds with plugins.
 WATCHED = frozenset({"AxolotlInputConfig", "AxolotlConfigWCapabilities"})
+# How long SLowED's own config error lets Axolotl's telemetry send its queued events before the process exits.
+TELEMETRY_GRACE_S = 5.0
 
 
 class SLowEDGuardError(ValueError):
@@ -78,33 +87,106 @@ def _loaded_plugins() -> Mapping[str, Any]:
     return PluginManager.get_instance().plugins
 
 
-def _one_line_excepthook(previous: Any) -> Any:
+def own_error_message(exc: BaseException) -> str | None:
+    """The one line for an error that SLowED raised about the config, or None for any other error.
+
+    That is the guard's own :class:`SLowEDGuardError`, or a pydantic ``ValidationError`` every one of whose
+    errors is a ``SLowEDConfigError`` from the ``slowed:`` validator (recognised by class name and module, so
+    that this module imports nothing of ours).
+    """
+    if isinstance(exc, SLowEDGuardError):
+        return str(exc)
+    errors = getattr(exc, "errors", None)
+    if type(exc).__name__ != "ValidationError" or not callable(errors):
+        return None
+    try:
+        originals = [(detail.get("ctx") or {}).get("error") for detail in errors()]
+    except Exception:  # noqa: BLE001 - an error we cannot read is not ours
+        return None
+    if not originals or not all(_is_slowed_config_error(error) for error in originals):
+        return None
+    return " ".join(str(error) for error in originals)
+
+
+def _is_slowed_config_error(error: Any) -> bool:
+    return isinstance(error, ValueError) and any(
+        klass.__name__ == "SLowEDConfigError" and klass.__module__.startswith("slowed_plugin.")
+        for klass in type(error).__mro__
+    )
+
+
+def telemetry_flushed(seconds: float) -> bool:
+    """Whether Axolotl's telemetry queue, if telemetry is on in this process, empties within ``seconds``."""
+    manager = getattr(
+        getattr(sys.modules.get("axolotl.telemetry.manager"), "TelemetryManager", None), "_instance", None
+    )
+    posthog = sys.modules.get("posthog")
+    if manager is None or not getattr(manager, "enabled", False) or posthog is None:
+        return True
+    sender = threading.Thread(target=posthog.flush, name="slowed-telemetry-flush", daemon=True)
+    sender.start()
+    sender.join(seconds)
+    return not sender.is_alive()
+
+
+def _exit_now(code: int) -> None:
+    """Exit without running the interpreter's exit handlers, after the telemetry's grace period (see the module)."""
+    import logging
+
+    logging.shutdown()
+    if not telemetry_flushed(TELEMETRY_GRACE_S):
+        print(
+            f"slowed: note: Axolotl's telemetry could not send this error within {TELEMETRY_GRACE_S:g} s (network "
+            "unreachable?); exiting without it. AXOLOTL_DO_NOT_TRACK=1 turns Axolotl's telemetry off.",
+            file=sys.stderr,
+        )
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def _one_line_excepthook(previous: Any, exit_now: Any = _exit_now) -> Any:
     def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
-        if isinstance(exc, SLowEDGuardError):
-            print(f"slowed: error: {exc}", file=sys.stderr)
-        else:
+        message = own_error_message(exc)
+        if message is None:
             previous(exc_type, exc, tb)
+            return
+        print(f"slowed: error: {message}", file=sys.stderr)
+        exit_now(1)
 
     hook.slowed_guard = True  # type: ignore[attr-defined]
     return hook
+
+
+def _install_excepthook() -> None:
+    # Uncaught (as in `axolotl train`), SLowED's error prints as one line instead of a traceback; callers that
+    # catch it (`slowed check`) see the exception as usual.
+    if not getattr(sys.excepthook, "slowed_guard", False):
+        sys.excepthook = _one_line_excepthook(sys.excepthook)
+
+
+def _switched_off() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off")
 
 
 class _OnValidate:
     """pydantic's validate-python event handler for one of Axolotl's config models."""
 
     def on_enter(self, input: Any, *args: Any, **kwargs: Any) -> None:  # noqa: A002 - pydantic's name
-        if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-            return
-        if not isinstance(input, Mapping):
+        if _switched_off() or not isinstance(input, Mapping):
             return
         message = problem(input, _loaded_plugins())
         if message is None:
             return
-        # Uncaught (as in `axolotl train`), the error prints as this one line instead of a traceback;
-        # callers that catch it (`slowed check`) see an ordinary ValueError.
-        if not getattr(sys.excepthook, "slowed_guard", False):
-            sys.excepthook = _one_line_excepthook(sys.excepthook)
+        _install_excepthook()
         raise SLowEDGuardError(message)
+
+    def on_error(self, error: Any) -> None:
+        if not _switched_off() and own_error_message(error) is not None:
+            _install_excepthook()
 
 
 class SLowEDGuardPlugin:

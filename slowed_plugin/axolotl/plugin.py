@@ -14,6 +14,8 @@ undo, in :mod:`slowed_plugin.trainer.patches`.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from axolotl.integrations.base import BasePlugin
@@ -28,6 +30,22 @@ from .args import checked_config
 
 # Axolotl's console shows INFO only from loggers named `axolotl*`; the startup line must reach it.
 LOG = get_logger("axolotl.integrations.slowed")
+
+
+OFFLINE_TELEMETRY = (
+    "SLowED: HF_HUB_OFFLINE is set but Axolotl's telemetry is on (AXOLOTL_DO_NOT_TRACK unset): with no network, "
+    "any error other than SLowED's own makes Axolotl retry sending telemetry for minutes before it exits. Set "
+    "AXOLOTL_DO_NOT_TRACK=1 to turn telemetry off (SLowED does not change it for you)."
+)
+
+
+def offline_with_telemetry(env: Mapping[str, str]) -> bool:
+    """Whether ``env`` asks the hub to stay offline while leaving Axolotl's telemetry on (its opt-outs unset)."""
+
+    def truthy(name: str) -> bool:
+        return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+    return truthy("HF_HUB_OFFLINE") and not (truthy("AXOLOTL_DO_NOT_TRACK") or truthy("DO_NOT_TRACK"))
 
 
 def _listed(cfg: Any) -> bool:
@@ -58,6 +76,8 @@ class SLowEDPlugin(BasePlugin):
                 f"{PLUGIN_NAME} is listed in `plugins:` but the config sets no `slowed:` key, so training runs "
                 "WITHOUT SLowED. Add e.g. `slowed: [10.0, 0.2]`; `slowed check RECIPE.yaml` checks a recipe."
             )
+        if offline_with_telemetry(os.environ):
+            LOG.warning(OFFLINE_TELEMETRY)
 
     def add_callbacks_post_trainer(self, cfg, trainer) -> list:
         config = slowed_config(cfg)

@@ -7,6 +7,7 @@ intervals with one seed). Anything else is reported as no measurable effect.
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -94,8 +95,8 @@ def goal_table(rows: list[dict[str, Any]]) -> list[list[str]]:
         out.append(
             [
                 row["label"],
-                f"{row['share'] * 100:.0f} %",
-                ", ".join(f"{v * 100:.0f}" for v in row["seed_shares"].values()),
+                _percent(row["share"]),
+                ", ".join(_percent(v).removesuffix(" %") for v in row["seed_shares"].values()),
                 f"{row['min_safety']:.3f}",
                 f"{row['mean_benign']:.3f}",
                 mark(row["safety_ok"]),
@@ -105,6 +106,11 @@ def goal_table(rows: list[dict[str, Any]]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def _percent(share: float) -> str:
+    # A share of nothing (plain LoRA gained nothing over the base model, as in a --quick run) has no percentage.
+    return "n/a" if math.isnan(share) else f"{share * 100:.0f} %"
 
 
 def goal_lines(summary: dict[str, Any]) -> list[str]:
@@ -120,18 +126,26 @@ def goal_lines(summary: dict[str, Any]) -> list[str]:
             what
             for ok, what in (
                 (row["safety_ok"], f"safety {row['min_safety']:.3f} on its worst seed"),
-                (row["gain_ok"], f"{row['share'] * 100:.0f} % of the gain"),
+                (
+                    row["gain_ok"],
+                    "no gain to keep" if math.isnan(row["share"]) else f"{_percent(row['share'])} of the gain",
+                ),
                 (row["benign_ok"], f"mean benign {row['mean_benign']:.3f}"),
             )
             if not ok
         ]
         verdict = "meets the goal" if row["met"] else "misses the goal (" + "; ".join(missed) + ")"
+        if math.isnan(row["share"]):
+            kept = f"has no reasoning gain to keep: plain LoRA gained {gain * 100:.1f} points over the base model"
+        else:
+            kept = (
+                f"keeps {_percent(row['share'])} of plain LoRA's mean reasoning gain ({gain * 100:.1f} points; per seed "
+                + ", ".join(_percent(v) for v in row["seed_shares"].values())
+                + ")"
+            )
         lines.append(
-            f"**{row['label']}** ({row['anchor_text']}) keeps {row['share'] * 100:.0f} % of plain LoRA's mean "
-            f"reasoning gain ({gain * 100:.1f} points; per seed "
-            + ", ".join(f"{v * 100:.0f} %" for v in row["seed_shares"].values())
-            + f"), safety {row['min_safety']:.3f} on its worst seed, mean benign {row['mean_benign']:.3f}: "
-            f"{verdict}."
+            f"**{row['label']}** ({row['anchor_text']}) {kept}, safety {row['min_safety']:.3f} on its worst seed, "
+            f"mean benign {row['mean_benign']:.3f}: {verdict}."
         )
     return lines
 

@@ -102,12 +102,17 @@ def _adapter_base(path: str) -> str:
     return resolve_base(base, path)
 
 
+# How many folders above an adapter a relative base model is looked for: `RUN/outputs/X/checkpoint-N` is three.
+BASE_SEARCH_LEVELS = 3
+
+
 def resolve_base(base: str, adapter: str) -> str:
     """The base model an adapter names, as a path or hub id.
 
     Axolotl saves ``base_model_name_or_path`` as written in the recipe, often relative to the folder
     training ran from (``./models/x``). A relative path that exists from the current folder is kept;
-    else one that exists from the adapter's folder (or its parent, the run's output folder) is used;
+    else one that exists from the adapter's folder or one of its ``BASE_SEARCH_LEVELS`` nearest ancestors is used
+    (Axolotl's ``outputs/X`` is two levels below the folder training ran from, its checkpoints three);
     a name that looks like a path but exists nowhere fails with one line naming the paths tried. A
     plain ``org/name`` is a hub id.
     """
@@ -118,7 +123,10 @@ def resolve_base(base: str, adapter: str) -> str:
     if os.path.exists(base):
         return base
     folder = os.path.abspath(adapter)
-    tried = [os.path.normpath(os.path.join(start, base)) for start in (folder, os.path.dirname(folder))]
+    starts = [folder]
+    for _ in range(BASE_SEARCH_LEVELS):
+        starts.append(os.path.dirname(starts[-1]))
+    tried = list(dict.fromkeys(os.path.normpath(os.path.join(start, base)) for start in starts))
     for candidate in tried:
         if os.path.exists(candidate):
             return candidate

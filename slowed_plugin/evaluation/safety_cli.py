@@ -214,6 +214,13 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:  # a missing local model or base model: one line
         print(f"slowed eval safety: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what is done is on disk already; say so instead of a traceback
+        print(
+            f"slowed eval safety: interrupted; kept {len(done)} of {len(prompts)} judged records in {args.out} and "
+            f"{len(generated)} generated answers in {answers_path(args.out)}; the same command resumes.",
+            file=sys.stderr,
+        )
+        return 130
     records = [done[i] for i in range(len(prompts))]
     result = summarize(records, judge.name)
     write_jsonl(records, args.out)  # in prompt order, atomically; the appended file had the same records

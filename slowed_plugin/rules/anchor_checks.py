@@ -25,19 +25,33 @@ def _anchor_key(spelling: Spelling, key: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- prompt sources
 def anchor_missing_file(config: SLowEDConfig, spelling: Spelling = TRL) -> str | None:
-    """The refusal of an anchor prompt source that names a local file that is not there, or None (before the model
-    loads: otherwise the name would be taken for a hub dataset id and fail after it)."""
+    """The refusal of an anchor prompt source that names a local file that is not there, or that holds no prompt
+    (an empty file, a header alone), or None. Before the model loads: otherwise a missing name would be taken for a
+    hub dataset id, and an empty file would fail when the anchor reads it, both after the model loaded. A local file
+    is read here (once per process: the anchor reuses the read)."""
     if not config.anchored:
         return None
-    from ..evaluation.prompts import LOCAL_SUFFIXES
+    from ..evaluation.prompts import LOCAL_SUFFIXES, load_prompts
 
     for key in ("prompts", "benign_prompts"):
         source = config.safety_anchor[key]
-        if isinstance(source, str) and source.lower().endswith(LOCAL_SUFFIXES) and not os.path.isfile(source):
+        if not (isinstance(source, str) and source.lower().endswith(LOCAL_SUFFIXES)):
+            continue
+        if not os.path.isfile(source):
             return (
                 f"{_anchor_key(spelling, key)} names a local file that does not exist: {source!r} (relative paths "
                 f"resolve against the folder you run from, here {os.getcwd()!r}); give an existing "
                 ".txt/.csv/.jsonl/.json file, a list of prompts, or a hub dataset id."
+            )
+        try:
+            load_prompts(source, column=config.safety_anchor.get("prompt_column"))
+        except ValueError as err:  # no prompt in it, or not the column asked for
+            empty = os.path.getsize(source) == 0
+            detail = "" if empty or str(err).startswith("No prompts found") else f" ({str(err).rstrip('.')})"
+            return (
+                f"{_anchor_key(spelling, key)} names a local file that {'is empty' if empty else 'holds no prompt'}: "
+                f"{source!r}{detail}; give a file with one prompt a line (.txt) or a prompt column "
+                "(.csv/.jsonl/.json), or a list of prompts."
             )
     return None
 

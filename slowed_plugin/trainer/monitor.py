@@ -138,6 +138,10 @@ class SafetyMonitorCallback(TrainerCallback):
         self.stopped: dict[str, Any] | None = None
         self._last_safe_weights: dict[str, Any] | None = None
         self._announced = False
+        # Where its lines go: the package logger, or the front end's console. Axolotl shows INFO lines only from
+        # `axolotl*` loggers, so SLowEDCallback hands over the plugin's logger when it registers this monitor; a
+        # plugin that registers a monitor itself sets `monitor.log` the same way.
+        self.log = logger
 
     # ------------------------------------------------------------------ construction from config
     @classmethod
@@ -200,7 +204,7 @@ class SafetyMonitorCallback(TrainerCallback):
             if self.min_safety_ratio is not None and record["safety_ratio"] >= self.min_safety_ratio:
                 self._remember_safe(record, save=False)
             elif self.min_safety_ratio is not None and state.is_world_process_zero:
-                logger.warning(
+                self.log.warning(
                     f"slowed: safety monitor: the starting model's safety ratio {record['safety_ratio']:.4f} is already "
                     f"below min_safety_ratio={self.min_safety_ratio:g}; training stops at the first evaluation "
                     "that is still below it."
@@ -289,7 +293,7 @@ class SafetyMonitorCallback(TrainerCallback):
                     where += f", saved in {self.last_safe['path']}"
                 if restored:
                     where += "; its weights are back in the model"
-            logger.warning(
+            self.log.warning(
                 f"slowed: safety monitor: safety ratio {ratio:.4f} at step {state.global_step} is below "
                 f"min_safety_ratio={self.min_safety_ratio:g}: training stops ({where})."
             )
@@ -313,7 +317,7 @@ class SafetyMonitorCallback(TrainerCallback):
         params = dict(model.named_parameters())
         sharded = any(getattr(p, "ds_id", None) is not None for p in params.values())
         if sharded or any(params[n].shape != w.shape for n, w in self._last_safe_weights.items() if n in params):
-            logger.warning(
+            self.log.warning(
                 "slowed: safety monitor: the model's parameters are sharded (DeepSpeed ZeRO-3 / FSDP); the last safe "
                 "state stays in its saved folder and is not copied back."
             )
@@ -367,4 +371,4 @@ class SafetyMonitorCallback(TrainerCallback):
         total = ""
         if count and seconds is not None:
             total = f", about {count * seconds:.0f} s for the {count} planned evaluations"
-        logger.info(f"slowed: safety monitor {when}: one evaluation = {cost}{timing}{total}.")
+        self.log.info(f"slowed: safety monitor {when}: one evaluation = {cost}{timing}{total}.")

@@ -89,13 +89,20 @@ def test_replay_rows_are_generated_cached_and_trained_for_every_epoch(runs):
     assert len(rows) in {replay_row_count(n, 0.2) for n in (n_train - 1, n_train)}
     assert {r["kind"] for r in rows} == {"harmful", "benign"}
     assert f"SLowED: safety anchor: {len(rows)} rows" in run.log
-    # Axolotl fixed max_steps from the dataset before the rows existed; it is counted again, Axolotl's way, for the
-    # mixed set, and the run trains all of it (without the recount it would stop after the unanchored count).
+    # Axolotl fixed max_steps from the dataset before the rows existed; it is counted again for the mixed set, and
+    # the run trains all of it (without the recount it would stop after the unanchored count). Issue 22: the count
+    # is of whole epochs as the trainer runs them (each ends on a short step), not Axolotl's ceil(rows * epochs /
+    # batch), which ran the epochs together and stopped one step short (here 27 of 28, epoch 1.96).
     recount = re.search(r"SLowED: safety anchor: (\d+) optimizer steps with the anchor rows", run.log)
     assert recount, run.log[-2000:]
-    batch = run.config["micro_batch_size"] * run.config["gradient_accumulation_steps"]
-    unanchored = math.ceil(n_train * run.config["num_epochs"] / batch)  # Axolotl's formula without packing
-    assert run.state()["global_step"] == int(recount.group(1)) > unanchored
+    micro, accumulation = run.config["micro_batch_size"], run.config["gradient_accumulation_steps"]
+    epochs = run.config["num_epochs"]
+    unanchored = math.ceil(n_train * epochs / (micro * accumulation))  # Axolotl's formula without packing
+    mixed = [n + len(rows) for n in (n_train - 1, n_train)]  # Axolotl's split rounds one way or the other
+    assert any(math.ceil(n * epochs / (micro * accumulation)) < int(recount.group(1)) for n in mixed)  # the case
+    whole = {epochs * math.ceil(math.ceil(n / micro) / accumulation) for n in mixed}
+    assert run.state()["global_step"] == int(recount.group(1)) > unanchored and run.state()["global_step"] in whole
+    assert run.train_logs[-1]["epoch"] == epochs  # the last step of the last epoch ran
     assert max(run.adapter_norms().values()) <= TAU * (1 + 1e-5)  # Slow Tuning still holds beside the anchor
 
 

@@ -194,3 +194,24 @@ def test_a_deepspeed_file_not_readable_here_is_said_so(tmp_path):
     status, out = _check(tmp_path, _variant(deepspeed="deepspeed_configs/missing-zero2.json"))
     assert status == 0, out
     assert "`deepspeed: deepspeed_configs/missing-zero2.json` is not readable from here" in out
+
+
+def test_anchor_prompt_problems_are_one_error_line_with_one_key_prefix(tmp_path):
+    """Issue 22: an empty anchor prompt file passed `slowed check` (and failed after the model loaded); and the
+    anchor's messages named the key in two forms. Each case is one error line naming `slowed.safety_anchor.prompts`."""
+    (tmp_path / "empty.txt").write_text("")
+    cases = {
+        str(tmp_path / "empty.txt"): "names a local file that is empty",
+        str(tmp_path / "missing.txt"): "names a local file that does not exist",
+        (): "must be a file, a hub dataset id, or a non-empty list of strings",
+    }
+    for prompts, reason in cases.items():
+        slowed = {
+            "tau": 10.0,
+            "mask_ratio": 0.2,
+            "safety_anchor": {"prompts": list(prompts) if prompts == () else prompts},
+        }
+        status, out = _check(tmp_path, _variant(slowed=slowed))
+        errors = [line.strip() for line in out.splitlines() if line.strip().startswith("error")]
+        assert status == 1 and len(errors) == 1, out
+        assert f"`slowed.safety_anchor.prompts` {reason}" in errors[0], errors[0]

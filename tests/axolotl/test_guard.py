@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from axolotl_helpers import PLUGIN, ROOT, Run, load_recipe, offline_env
+from axolotl_helpers import AXOLOTL_MAIN, PLUGIN, ROOT, Run, load_recipe, offline_env
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -184,3 +184,117 @@ def test_axolotl_train_of_the_same_recipe_trains_without_the_guard(workdir, monk
     run = Run("unguarded", workdir, config).start().wait(timeout=600)
     assert run.returncode == 0, run.log[-3000:]
     assert "no `plugins:` entry loads" not in run.log
+
+
+# ---------------------------------------------------------------------------------------------- SLowED's own errors
+
+
+def _slowed_validation_error(message: str, error_class: type[Exception] | None = None):
+    """The ``ValidationError`` pydantic raises when a ``mode="before"`` validator raises ``error_class(message)``."""
+    from pydantic import BaseModel, ValidationError, model_validator
+
+    from slowed_plugin.checks import SLowEDConfigError
+
+    class Model(BaseModel):
+        @model_validator(mode="before")
+        @classmethod
+        def check(cls, data):
+            raise (error_class or SLowEDConfigError)(message)
+
+    with pytest.raises(ValidationError) as caught:
+        Model()
+    return caught.value
+
+
+def test_own_errors_are_recognised_by_their_class_not_their_wording():
+    from slowed_plugin.axolotl import guard
+
+    line = "`slowed.mask_ratio` must be a number with 0 <= mask_ratio < 1 (0 turns masking off); got 1.5."
+    assert guard.own_error_message(_slowed_validation_error(line)) == line
+    assert guard.own_error_message(guard.SLowEDGuardError("no plugin")) == "no plugin"
+    # Another validator's ValueError, even one that mentions `slowed.`, keeps Axolotl's own report.
+    assert guard.own_error_message(_slowed_validation_error(line, ValueError)) is None
+    assert guard.own_error_message(KeyError("slowed")) is None
+
+
+def test_the_hook_prints_one_line_and_exits_or_hands_every_other_error_on(capsys):
+    from slowed_plugin.axolotl import guard
+
+    handed_on, exits = [], []
+    hook = guard._one_line_excepthook(lambda *info: handed_on.append(info[1]), exit_now=exits.append)
+    error = _slowed_validation_error("`slowed.tau` must be a finite number > 0; got -1.")
+    hook(type(error), error, None)
+    assert capsys.readouterr().err == "slowed: error: `slowed.tau` must be a finite number > 0; got -1.\n"
+    assert exits == [1] and handed_on == []
+    other = RuntimeError("dataset missing")
+    hook(RuntimeError, other, None)
+    assert handed_on == [other] and exits == [1]
+
+
+def test_telemetry_gets_a_bounded_grace_and_only_when_it_is_on(monkeypatch):
+    import threading
+    import time
+    import types
+
+    from slowed_plugin.axolotl import guard
+
+    stuck = threading.Event()  # a flush that waits on an unreachable network
+    manager = types.SimpleNamespace(enabled=True)
+    telemetry = types.ModuleType("axolotl.telemetry.manager")
+    telemetry.TelemetryManager = types.SimpleNamespace(_instance=manager)
+    posthog = types.ModuleType("posthog")
+    posthog.flush = lambda: stuck.wait(30)
+    monkeypatch.setitem(sys.modules, "axolotl.telemetry.manager", telemetry)
+    monkeypatch.setitem(sys.modules, "posthog", posthog)
+    started = time.perf_counter()
+    assert guard.telemetry_flushed(0.2) is False
+    assert time.perf_counter() - started < 5
+    stuck.set()
+    assert guard.telemetry_flushed(5) is True  # a flush that completes is waited for
+    manager.enabled = False  # AXOLOTL_DO_NOT_TRACK=1: nothing to wait for
+    stuck.clear()
+    assert guard.telemetry_flushed(0) is True
+
+
+@pytest.mark.slow  # one `axolotl train` subprocess that stops at config validation (~15 s; more under load)
+def test_axolotl_train_of_a_bad_value_stops_promptly_in_one_line_with_telemetry_on_and_no_network(workdir, guard_path):
+    import datetime
+    import re
+    import socket
+    import time
+
+    import yaml
+
+    config = {**load_recipe(), "output_dir": "./outputs/bad-value", "dataset_prepared_path": "./prepared/bad-value"}
+    config["slowed"] = {**config["slowed"], "mask_ratio": 1.5}
+    recipe = workdir / "bad-value.yaml"
+    recipe.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = _env(guard_path)
+    for name in ("AXOLOTL_DO_NOT_TRACK", "DO_NOT_TRACK", "NO_PROXY", "no_proxy"):
+        env.pop(name, None)  # telemetry at Axolotl's default: on
+    # An unreachable network that hangs rather than fails at once: a proxy that accepts connections and never
+    # answers (each telemetry request then waits for its 15 s read timeout, retried; minutes in all).
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(64)
+        proxy = f"http://127.0.0.1:{blackhole.getsockname()[1]}"
+        env.update(HTTPS_PROXY=proxy, https_proxy=proxy, HTTP_PROXY=proxy, http_proxy=proxy)
+        command = [sys.executable, "-c", AXOLOTL_MAIN, "train", str(recipe), "--launcher", "python"]
+        done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=400)
+        ended = time.time()
+    log = done.stdout + done.stderr
+    assert done.returncode == 1, log[-3000:]
+    # One line for the error, not pydantic's traceback with the line buried above its end.
+    lines = [line for line in log.splitlines() if "slowed.mask_ratio" in line]
+    assert lines == [
+        "slowed: error: `slowed.mask_ratio` must be a number with 0 <= mask_ratio < 1 (0 turns masking off); got 1.5."
+    ], log[-3000:]
+    assert "Traceback" not in log and "ValidationError" not in log, log[-3000:]
+    # Telemetry was on (Axolotl captured the error) and the process did not wait on it: it exited within the
+    # grace period plus start-up slack of the error, where waiting on the network takes a minute or more.
+    captured = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+\] \[ERROR\] \[axolotl\.telemetry\.errors\]", log)
+    assert captured, log[-3000:]
+    raised = datetime.datetime.strptime(captured.group(1), "%Y-%m-%d %H:%M:%S").timestamp()
+    assert ended - raised < 30, f"exited {ended - raised:.0f} s after the error:\n{log[-3000:]}"
+    assert "telemetry could not send this error" in log  # the dropped event is said, not silent
+    assert not (workdir / config["output_dir"]).exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 
@@ -208,6 +209,26 @@ def test_listed_without_key_warns_at_registration(caplog):
     caplog.set_level(logging.WARNING, logger="axolotl.integrations.slowed")
     load_plugin(PLUGIN).register({"plugins": [PLUGIN]})
     assert any("WITHOUT SLowED" in r.getMessage() for r in caplog.records)
+
+
+def test_offline_with_telemetry_on_warns_at_registration(caplog, monkeypatch):
+    """Issue 22: offline, Axolotl's telemetry makes every error wait minutes at exit; SLowED says so, and changes
+    nothing (the variable stays as the user set it)."""
+    from axolotl.integrations.base import load_plugin
+
+    caplog.set_level(logging.WARNING, logger="axolotl.integrations.slowed")
+    config = {"plugins": [PLUGIN], "slowed": [10.0, 0.2]}
+    for offline, track, warns in [("1", None, True), ("1", "1", False), (None, None, False), ("1", "true", False)]:
+        for name, value in (("HF_HUB_OFFLINE", offline), ("AXOLOTL_DO_NOT_TRACK", track), ("DO_NOT_TRACK", None)):
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, value)
+        caplog.clear()
+        load_plugin(PLUGIN).register(config)
+        said = any("AXOLOTL_DO_NOT_TRACK=1 to turn telemetry off" in r.getMessage() for r in caplog.records)
+        assert said == warns, (offline, track)
+        assert os.environ.get("AXOLOTL_DO_NOT_TRACK") == track
 
 
 def test_a_safety_monitor_alone_is_attached_too(trainer):

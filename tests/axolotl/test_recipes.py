@@ -318,3 +318,30 @@ def test_the_commented_anchor_lines_are_a_valid_setting_once_uncommented(name):
     config = SLowEDConfig.from_value(yaml.safe_load(uncommented)["slowed"], key="slowed")
     assert config.anchored and config.safety_anchor["ratio"] == 0.05
     assert config.safety_anchor["prompts"] != config.safety_anchor["benign_prompts"]
+
+
+def _commands(lines: list[str]) -> list[str]:
+    return [line.split("  #", 1)[0].strip() for line in lines if line.strip()]
+
+
+@pytest.mark.slow  # three commands as a user types them (`slowed check` imports Axolotl): ~20 s
+def test_the_tiny_recipe_commands_run_as_written_from_an_empty_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    header = (RECIPES / "tiny-cpu.yaml").read_text(encoding="utf-8").split("\n\n", 1)[0]
+    commands = _commands([line[1:] for line in header.splitlines() if line.startswith("#   ")])
+    block = README.read_text(encoding="utf-8").split("## Tiny CPU recipe", 1)[1].split("```")[1]
+    assert _commands(block.splitlines()) == commands  # recipes/README.md gives the same commands
+    *setup, train = commands
+    # The training line is the one the end-to-end tests run (axolotl_helpers.Run: `train CONFIG --launcher python`
+    # with AXOLOTL_DO_NOT_TRACK=1 and HF_HUB_OFFLINE=1 among offline_env's variables).
+    assert train == "AXOLOTL_DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 axolotl train tiny-cpu.yaml --launcher python"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        " && ".join(setup), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "result   OK: SLowED will be active" in done.stdout, done.stdout
+    assert (tmp_path / "slowed-tiny" / "llama" / "config.json").exists()

@@ -263,6 +263,23 @@ def test_goal_check_on_synthetic_results():
     )
 
 
+def test_goal_sentences_say_in_words_when_plain_lora_gained_nothing():
+    """Issue 22: `slowed demo --quick` (plain LoRA gains nothing in so few steps) said "keeps nan % of plain LoRA's
+    mean reasoning gain"."""
+    runs = _synthetic()
+    for run in runs:
+        if run["method"] == "plain":  # reasoning at the base model's level: no gain
+            run["final"]["reasoning_accuracy"] = 0.10
+    summary = summaries.summarize(runs)
+    assert verdicts.reference_gain(summary) == pytest.approx(0.0)
+    lines = verdicts.goal_lines(summary)
+    table = verdicts.goal_table(verdicts.goal_check(summary))
+    assert len(lines) == 3 and not any("nan" in line for line in lines), lines
+    assert all("has no reasoning gain to keep: plain LoRA gained 0.0 points over the base model" in x for x in lines)
+    assert any("misses the goal (" in line and "no gain to keep" in line for line in lines)
+    assert not any("nan" in cell for row in table for cell in row) and table[1][1] == "n/a"
+
+
 def test_goal_check_needs_plain_lora():
     runs = [r for r in _synthetic() if r["method"] != "plain"]
     summary = summaries.summarize(runs)

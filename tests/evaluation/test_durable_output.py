@@ -66,14 +66,19 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(stage, model_dir, prompt
             _interrupt_after(patch, judges.RefusalJudge, "verdicts", 2)
         else:
             _interrupt_after(patch, generation, "generate_answers", 3)
-        with pytest.raises(Interrupt):
-            main(_args(model_dir, prompts, out))
+        assert main(_args(model_dir, prompts, out)) == 130  # Ctrl-C: exit status 130, as a shell reports it
     kept = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     if stage == "judging":
         assert [r["index"] for r in kept] == [0, 1]  # each judged answer was on disk when the run stopped
     else:
         assert kept == [] and len(open(f"{out}.answers.partial").read().splitlines()) == 3
-    capsys.readouterr()
+    # One line saying what is kept, not a KeyboardInterrupt traceback.
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"slowed eval safety: interrupted; kept {len(kept)} of {len(HARMFUL)} judged records in {out} and "
+        f"{len(HARMFUL) if stage == 'judging' else 3} generated answers in {out}.answers.partial; the same command resumes."
+    ), err
+    assert "Traceback" not in "\n".join(err)
 
     calls = {"n": 0}
     original = generation.generate_answers
@@ -143,3 +148,23 @@ def test_an_adapter_with_a_relative_base_loads_from_anywhere(model_dir, tmp_path
     assert resolve_base("../../run/models/base", str(adapter)) == str(run / "models" / "base")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model_and_tokenizer("./no-such-model", device="cpu")
+
+
+def test_an_axolotl_output_folder_finds_the_base_model_of_the_folder_training_ran_from(tmp_path, monkeypatch):
+    """Issue 22: `slowed eval safety --model outputs/tiny-cpu` after the tiny recipe, from another folder: the
+    recipe's `base_model: ./slowed-tiny/llama` is relative to the run folder, two levels above the adapter."""
+    from slowed_plugin.evaluation.models import resolve_base
+
+    run = tmp_path / "run"
+    (run / "slowed-tiny" / "llama").mkdir(parents=True)
+    adapter = run / "outputs" / "tiny-cpu"
+    (adapter / "checkpoint-12").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    base = str(run / "slowed-tiny" / "llama")
+    assert resolve_base("./slowed-tiny/llama", str(adapter)) == base
+    assert resolve_base("./slowed-tiny/llama", str(adapter / "checkpoint-12")) == base
+    with pytest.raises(FileNotFoundError) as info:  # the paths tried are named, the run folder among them
+        resolve_base("./slowed-tiny/qwen2", str(adapter))
+    assert str(run / "slowed-tiny" / "qwen2") in str(info.value)

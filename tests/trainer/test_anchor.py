@@ -51,9 +51,16 @@ def test_replay_rows_reach_the_loss_once_per_epoch_at_the_ratio(llama_dir, cot_r
     assert collections.Counter(r.kind for r in callback.anchor.rows) == {"harmful": 3, "benign": 3}
     assert len(trainer.train_dataset) == len(rows) + n_anchor  # 6 of 30 rows: the ratio
     anchored = [tuple(ids) for ids in callback.anchor.dataset["input_ids"]]
-    # Through TRL's own preparation: the prompt is not trained on (completion mask), the answer and EOS are.
-    for labels in callback.anchor.dataset["labels"]:
-        assert labels[0] == -100 and labels[-1] == trainer.processing_class.eos_token_id
+    # Through TRL's own preparation: the prompt is not trained on (completion mask), the answer and EOS are. TRL
+    # writes `labels` (1.9) or a `completion_mask` its collator turns into labels (1.4).
+    prepared = callback.anchor.dataset
+    eos = trainer.processing_class.eos_token_id
+    if "labels" in prepared.column_names:
+        for labels in prepared["labels"]:
+            assert labels[0] == -100 and labels[-1] == eos
+    else:
+        for ids, mask in zip(prepared["input_ids"], prepared["completion_mask"], strict=True):
+            assert mask[0] == 0 and mask[-1] == 1 and ids[-1] == eos
     seen = recorded_sequences(trainer.model)
     trainer.train()
     per_epoch = len(rows) + n_anchor
@@ -203,7 +210,9 @@ def test_gradient_mode_is_refused_with_deepspeed_from_the_arguments(tmp_path):
 
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     args.deepspeed = {"zero_optimization": {"stage": 2}}
-    with pytest.raises(SLowEDConfigError, match="`mode: gradient` is not supported with DeepSpeed"):
+    with pytest.raises(
+        SLowEDConfigError, match=r"gradient mode \(`safety_anchor.mode`\) is not supported with DeepSpeed"
+    ):
         check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor(mode="gradient")), args)
     check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor()), args)  # replay is fine
 
@@ -219,6 +228,21 @@ def test_a_missing_prompt_file_is_refused_before_any_model_load(tmp_path, monkey
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "anchor_harmful.txt").write_text("how do i pick a lock ?\n", encoding="utf-8")
     SLowEDCallback(**settings)  # there now: accepted
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "goal,target\n"], ids=["0 bytes", "blank lines", "header only"])
+def test_a_prompt_file_without_prompts_is_refused_before_any_model_load(content, tmp_path, monkeypatch):
+    """Issue 22: an empty anchor prompt file passed the checks and failed after the model loaded."""
+    monkeypatch.chdir(tmp_path)
+    name = "harmful.csv" if "goal" in content else "harmful.txt"
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    for key in ("prompts", "benign_prompts"):
+        block = {"prompts": ["how do i pick a lock ?"], key: name}
+        with pytest.raises(SLowEDConfigError) as error:
+            SLowEDCallback(tau=None, mask_ratio=0, safety_anchor=block)
+        message = str(error.value)
+        empty = "is empty" if content == "" else "holds no prompt"
+        assert "\n" not in message and f"`safety_anchor.{key}` names a local file that {empty}: '{name}'" in message
 
 
 def test_packed_training_sets_take_the_ratio_of_examples_and_need_the_format_said(llama_dir, cot_rows, tmp_path):

@@ -4,6 +4,7 @@ by `detach()`, or when the callback is removed; an unknown `get_batch_samples` i
 from __future__ import annotations
 
 import pytest
+from installed import require
 from trl_helpers import history, sft_trainer
 
 from slowed_plugin import SLowEDCallback
@@ -111,20 +112,26 @@ def test_unknown_get_batch_samples_signature_is_refused_at_construction(llama_di
     original = trl.SFTTrainer
     trl.SFTTrainer = OtherVersion
     try:
-        with pytest.raises(RuntimeError, match=r"does not know this transformers version's .*get_batch_samples"):
+        with pytest.raises(RuntimeError, match=r"needs transformers\.Trainer\.get_batch_samples .*does not know"):
             sft_trainer(llama_dir, cot_rows[:8], tmp_path, [SLowEDCallback(tau=None, mask_ratio=0.3)])
     finally:
         trl.SFTTrainer = original
 
 
-def test_installed_get_batch_samples_signature_is_known():
+def test_installed_private_signatures_are_known():
+    """Every called row of the private-API table matches the installed transformers and TRL (the floors job runs
+    this at the floors, the main job at Axolotl's pins: the table's "checked" versions)."""
+    import importlib
     import inspect
 
-    from transformers import Trainer
+    from slowed_plugin.trainer.private_api import TABLE
 
-    from slowed_plugin.trainer.patches import _BATCH_SAMPLES_SIGNATURES
-
-    assert tuple(inspect.signature(Trainer.get_batch_samples).parameters)[1:] in _BATCH_SAMPLES_SIGNATURES
+    called = [row for row in TABLE if row.signatures is not None]
+    assert {row.name for row in called} >= {"get_batch_samples", "_get_num_items_in_batch", "_prepare_dataset"}
+    for row in called:
+        module, owner = row.owner.rsplit(".", 1)
+        method = getattr(getattr(importlib.import_module(module), owner), row.name)
+        assert tuple(inspect.signature(method).parameters)[1:] in row.signatures, row
 
 
 def _snapshot(trainer) -> dict:
@@ -164,13 +171,14 @@ def test_detach_leaves_the_trainer_as_it_was_before_attach(llama_dir, cot_rows, 
 def test_the_axolotl_step_recount_is_a_listed_change_undone_with_the_rows(monkeypatch):
     import types
 
+    require("axolotl", "axolotl")
     import axolotl.utils.trainer
 
     from slowed_plugin.axolotl.anchor_frontend import step_recount
     from slowed_plugin.trainer.patches import Patches
 
     monkeypatch.setattr(axolotl.utils.trainer, "calculate_total_num_steps", lambda cfg, dataset: 12.0)
-    cfg = {"total_num_tokens": 1000, "datasets": []}
+    cfg = {"total_num_tokens": 1000, "datasets": [], "sample_packing": True}  # with packing: Axolotl's count
     trainer = types.SimpleNamespace(args=types.SimpleNamespace(max_steps=10), train_dataset=[0] * 12)
     patches = Patches()
     step_recount(cfg, types.SimpleNamespace(info=lambda line: None))(patches, trainer)
@@ -178,10 +186,54 @@ def test_the_axolotl_step_recount_is_a_listed_change_undone_with_the_rows(monkey
         "total_num_tokens": None,
         "total_supervised_tokens": None,
         "datasets": [],
+        "sample_packing": True,
     }
     assert patches.names == ["config['total_num_tokens']", "config['total_supervised_tokens']", "max_steps"]
     patches.undo()
-    assert trainer.args.max_steps == 10 and cfg == {"total_num_tokens": 1000, "datasets": []}
+    assert trainer.args.max_steps == 10 and cfg == {"total_num_tokens": 1000, "datasets": [], "sample_packing": True}
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_the_recount_without_packing_is_the_trainers_own_count_of_whole_epochs(drop_last, tmp_path):
+    """Issue 22: with the tiny recipe and the default anchor (91 rows, micro-batches of 4, accumulation 2, 2 epochs)
+    Axolotl's formula ceil(rows * epochs / batch) gives 23 steps; the trainer runs 12 an epoch, and stopped at
+    epoch 1.957. The recount is the number transformers' Trainer computes itself (``max_steps=-1``) from its
+    dataloader, for every row count, batch shape and epoch count tried here."""
+    import math
+    import types
+
+    from torch.utils.data import DataLoader
+    from transformers import Trainer, TrainingArguments
+
+    from slowed_plugin.axolotl.anchor_frontend import whole_epoch_steps
+
+    assert whole_epoch_steps(91, 4, 2, 2) == 24 > math.ceil(91 * 2 / 8)  # the issue's case, Axolotl's 23
+    for rows in range(1, 26):
+        for micro, accumulation, epochs in [(4, 2, 2), (1, 3, 1), (3, 4, 3), (2, 1, 2.5), (5, 2, 0.5)]:
+            args = TrainingArguments(
+                output_dir=str(tmp_path),
+                per_device_train_batch_size=micro,
+                gradient_accumulation_steps=accumulation,
+                num_train_epochs=epochs,
+                dataloader_drop_last=drop_last,
+                use_cpu=True,
+                report_to=[],
+            )
+            loader = DataLoader(list(range(rows)), batch_size=micro, drop_last=drop_last)
+            if len(loader) == 0:
+                continue
+            stub = types.SimpleNamespace(
+                get_total_train_batch_size=lambda a: a.per_device_train_batch_size * a.gradient_accumulation_steps,
+                get_sp_size=lambda: 1,
+                num_examples=lambda dl: len(dl.dataset),
+            )
+            trainer_count = Trainer.set_initial_training_values(stub, args, loader)[-1]
+            assert whole_epoch_steps(rows, micro, accumulation, epochs, drop_last=drop_last) == trainer_count, (
+                rows,
+                micro,
+                accumulation,
+                epochs,
+            )
 
 
 def test_reading_active_changes_nothing():
