@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval safety": ("slowed_plugin.evaluation.safety_cli", "Safety ratio of a model on harmful prompts."),
     "inspect": ("slowed_plugin.inspector.cli", "Show which target tokens Low-Entropy Masking drops."),
     "recipes": ("slowed_plugin.recipes_cli", "List the bundled Axolotl recipes, or copy one out."),
+    "doctor": ("slowed_plugin.doctor.cli", "Check this machine: versions, device, loss kernels, 4-bit, step speed."),
 }
 
 # name -> (packages the command imports beyond the base install, the extra that brings them).

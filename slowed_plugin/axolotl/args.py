@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..config import SLowEDConfig, SLowEDConfigError
 from ..rules import axolotl_facts, axolotl_problems
+from ..versions import check_supported_versions
 from .recipe import duplicate_slowed_keys_in_file
 
 DESCRIPTION = (
@@ -84,6 +85,7 @@ class SLowEDArgs(BaseModel):
         # `mode="before"` sees the whole raw config, so the cross-key rules read the other keys as written.
         if not isinstance(data, Mapping) or data.get("slowed") is None:
             return data
+        check_supported_versions()  # config validation comes before Axolotl loads the model
         path = data.get("axolotl_config_path")
         if isinstance(path, (str, os.PathLike)) and os.path.isfile(path):
             duplicates = duplicate_slowed_keys_in_file(os.fspath(path))

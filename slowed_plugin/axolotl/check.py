@@ -8,7 +8,8 @@ model, no network), prints the resolved settings, and exits non-zero when:
 
 - ``slowed:`` is set but no ``plugins:`` entry loads ``SLowEDPlugin`` (missing, misspelled, not importable);
 - ``SLowEDPlugin`` is listed but there is no ``slowed:`` key (or it is null);
-- ``slowed:`` or its combination with other keys fails validation, or Axolotl rejects the config.
+- ``slowed:`` or its combination with other keys fails validation, or Axolotl rejects the config;
+- an installed dependency is outside the range SLowED supports (:mod:`slowed_plugin.versions`).
 
 Module imports stay light (``slowed --help`` imports this module); axolotl is imported in :func:`run`.
 """
@@ -299,6 +300,19 @@ def _check_schema(data: Mapping[str, Any], plugins: list[str], report: Report) -
     report.note("schema", f"valid for Axolotl {axolotl.__version__}{detail}")
 
 
+def _check_versions(report: Report) -> None:
+    """The installed dependencies against the supported ranges, as training will check them."""
+    from ..versions import allowed, refusal, version_findings
+
+    message = refusal(version_findings())
+    if message is None:
+        report.note("versions", "every installed dependency is inside its supported range")
+    elif allowed():
+        report.note("versions", f"WARNING, allowed by SLOWED_ALLOW_UNSUPPORTED: {message}")
+    else:
+        report.error(message)
+
+
 def check_recipe(path: str) -> Report:
     """Run every check on one recipe file."""
     report = Report(path)
@@ -309,6 +323,8 @@ def check_recipe(path: str) -> Report:
     if plugins is None:
         return report
     _check_key(data, report)
+    if data.get("slowed") is not None:
+        _check_versions(report)
     _check_schema(data, plugins, report)
     return report
 

@@ -27,6 +27,7 @@ from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
 from ..log import get_logger
 from ..rules import anchor_source_problem, check_trainer
+from ..versions import check_supported_versions
 from . import patches
 from .binding import calling_trainer
 from .checkpoint import REFERENCE_FILE, load_reference, save_reference
@@ -48,6 +49,7 @@ class SLowEDCallback(TrainerCallback):
     """
 
     def __init__(self, config: SLowEDConfig | dict | list | tuple | None = None, **kwargs: Any) -> None:
+        check_supported_versions()  # before the trainer, and so the model, is built
         if config is not None and kwargs:
             raise ValueError("Pass SLowED settings either as `config` or as keywords, not both.")
         self.config = SLowEDConfig.from_value(config if config is not None else kwargs)

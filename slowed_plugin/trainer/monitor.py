@@ -138,8 +138,9 @@ class SafetyMonitorCallback(TrainerCallback):
         self.stopped: dict[str, Any] | None = None
         self._last_safe_weights: dict[str, Any] | None = None
         self._announced = False
-        # Where its lines go: the package logger, or the front end's console (Axolotl's logger, handed over by
-        # SLowEDCallback when it registers this monitor).
+        # Where its lines go: the package logger, or the front end's console. Axolotl shows INFO lines only from
+        # `axolotl*` loggers, so SLowEDCallback hands over the plugin's logger when it registers this monitor; a
+        # plugin that registers a monitor itself sets `monitor.log` the same way.
         self.log = logger
 
     # ------------------------------------------------------------------ construction from config

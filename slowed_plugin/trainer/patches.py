@@ -43,6 +43,8 @@ callback order                 a ``SafetyMonitorCallback`` moves       ``SafetyM
 from the trainer, at the next safe point (a step's batch fetch or log row; until then every replacement already
 passes through). A second ``train()`` installs them again. Where something wrapped an attribute after SLowED, the
 original is not put back: SLowED's layer stays, inactive, and passes through.
+The private attributes these replacements call are reached through :mod:`.private_api`, which refuses a
+signature it does not know.
 """
 
 from __future__ import annotations
@@ -60,11 +62,9 @@ from ..config import SLowEDConfig
 from ..core.masking import MaskStats, kept_token_count
 from .checkpoint import is_checkpoint_dir
 from .loss import MaskedCausalLMLoss, masked_labels
+from .private_api import GET_BATCH_SAMPLES, GET_NUM_ITEMS_IN_BATCH, require
 
 _MISSING = object()
-
-# Signatures of `Trainer.get_batch_samples` this module knows how to wrap (transformers 4.46-4.49 took no device).
-_BATCH_SAMPLES_SIGNATURES = (("epoch_iterator", "num_batches", "device"), ("epoch_iterator", "num_batches"))
 
 
 @dataclass
@@ -218,15 +218,8 @@ def install_kept_token_count(patches: Patches, trainer: Trainer, config: SLowEDC
     The trainer's own counter does the cross-device reduction: it is handed stand-in batches whose
     ``shift_labels`` hold exactly as many non-ignored entries as the real batches keep.
     """
-    signature = inspect.signature(trainer.get_batch_samples)
-    names = tuple(signature.parameters)
-    if names not in _BATCH_SAMPLES_SIGNATURES or not callable(getattr(trainer, "_get_num_items_in_batch", None)):
-        raise RuntimeError(
-            f"SLowED's exact token count does not know this transformers version's "
-            f"`{type(trainer).__name__}.get_batch_samples{signature}` (known: "
-            f"{', '.join('(' + ', '.join(s) + ')' for s in _BATCH_SAMPLES_SIGNATURES)}, with "
-            "`_get_num_items_in_batch`). Install a transformers version listed in pyproject.toml, or set `mask_ratio: 0`."
-        )
+    signature = inspect.signature(require(trainer, GET_BATCH_SAMPLES))
+    count = require(trainer, GET_NUM_ITEMS_IN_BATCH)
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         def get_batch_samples(*args: Any, **kwargs: Any):
@@ -252,7 +245,7 @@ def install_kept_token_count(patches: Patches, trainer: Trainer, config: SLowEDC
                 }
                 for batch in batch_samples
             ]
-            return batch_samples, trainer._get_num_items_in_batch(stand_ins, device)
+            return batch_samples, count(stand_ins, device)
 
         return get_batch_samples
 

@@ -33,6 +33,7 @@ from ..anchor.answers import (
 from ..anchor.gradient import project_conflicting
 from ..anchor.settings import replay_row_count
 from ..log import get_logger
+from .private_api import PREPARE_DATASET, require, skips_dataset_preparation
 
 logger = get_logger()
 
@@ -62,16 +63,17 @@ def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
     """
     from ..evaluation.generation import chat_prompts
 
-    if not hasattr(trainer, "_prepare_dataset"):
+    if not hasattr(trainer, PREPARE_DATASET.name):
         raise ValueError(
             f"`safety_anchor` needs TRL's SFTTrainer (its dataset preparation tokenizes the anchor rows) or Axolotl; "
             f"got {type(trainer).__name__}."
         )
-    if getattr(trainer, "_skip_prepare_dataset", False):
+    if skips_dataset_preparation(trainer):
         raise ValueError(
             "`safety_anchor` needs TRL's dataset preparation, and this trainer skips it "
             "(`dataset_kwargs={'skip_prepare_dataset': True}`); remove that setting or the anchor."
         )
+    prepare = require(trainer, PREPARE_DATASET)
     tokenizer = trainer.processing_class
     layout, conversational = _trl_layout(trainer.train_dataset)
     forced = settings["use_chat_template"]
@@ -118,7 +120,7 @@ def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
         dataset = datasets.Dataset.from_list([record(r) for r in rows])
         args = trainer.args
         # Keywords: a reordered private signature then fails loudly instead of binding the wrong arguments.
-        return trainer._prepare_dataset(
+        return prepare(
             dataset=dataset,
             processing_class=tokenizer,
             args=args,

@@ -149,12 +149,14 @@ def test_extra_holds_trl_metrics(kernels):
 
 
 def test_peft_lm_head_is_refused_and_modules_to_save_works():
-    from peft import LoraConfig
-    from peft.tuners.lora import Linear as LoraLinear
+    from peft import LoraConfig, inject_adapter_in_model
     from peft.utils.other import ModulesToSaveWrapper
 
     hidden, head, labels = make_case((1, 9), torch.float32)
-    lora_head = LoraLinear(head, "default", LoraConfig(r=2, lora_alpha=4), r=2, lora_alpha=4)
+    # Through PEFT's public injection: `lora.Linear`'s own constructor changed between the supported versions.
+    holder = torch.nn.Module()
+    holder.lm_head = head
+    lora_head = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=["lm_head"]), holder).lm_head
     with pytest.raises(ValueError, match="PEFT adapter on `lm_head`.*Remove `lm_head` from `target_modules`"):
         chunked_masked_causal_lm_loss(hidden, lora_head, labels, 0.3, "sequence")
     wrapped = ModulesToSaveWrapper(head, "default")

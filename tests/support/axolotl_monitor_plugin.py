@@ -4,6 +4,7 @@ tests/support because the ``axolotl train`` subprocess imports it by name from t
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 MONITOR_CONFIG = {
@@ -24,6 +25,9 @@ def __getattr__(name: str) -> Any:
                 from slowed_plugin.trainer.monitor import SafetyMonitorCallback
 
                 monitor = SafetyMonitorCallback.from_config(MONITOR_CONFIG)
+                # As SLowEDCallback does for the monitor of a `slowed.safety_monitor` block: Axolotl's console
+                # shows INFO lines only from `axolotl*` loggers (its logger class filters the others).
+                monitor.log = logging.getLogger("axolotl.integrations.slowed")
                 monitor.attach(trainer)
                 return [monitor]
 

@@ -51,9 +51,16 @@ def test_replay_rows_reach_the_loss_once_per_epoch_at_the_ratio(llama_dir, cot_r
     assert collections.Counter(r.kind for r in callback.anchor.rows) == {"harmful": 3, "benign": 3}
     assert len(trainer.train_dataset) == len(rows) + n_anchor  # 6 of 30 rows: the ratio
     anchored = [tuple(ids) for ids in callback.anchor.dataset["input_ids"]]
-    # Through TRL's own preparation: the prompt is not trained on (completion mask), the answer and EOS are.
-    for labels in callback.anchor.dataset["labels"]:
-        assert labels[0] == -100 and labels[-1] == trainer.processing_class.eos_token_id
+    # Through TRL's own preparation: the prompt is not trained on (completion mask), the answer and EOS are. TRL
+    # writes `labels` (1.9) or a `completion_mask` its collator turns into labels (1.4).
+    prepared = callback.anchor.dataset
+    eos = trainer.processing_class.eos_token_id
+    if "labels" in prepared.column_names:
+        for labels in prepared["labels"]:
+            assert labels[0] == -100 and labels[-1] == eos
+    else:
+        for ids, mask in zip(prepared["input_ids"], prepared["completion_mask"], strict=True):
+            assert mask[0] == 0 and mask[-1] == 1 and ids[-1] == eos
     seen = recorded_sequences(trainer.model)
     trainer.train()
     per_epoch = len(rows) + n_anchor

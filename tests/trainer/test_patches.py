@@ -4,6 +4,7 @@ by `detach()`, or when the callback is removed; an unknown `get_batch_samples` i
 from __future__ import annotations
 
 import pytest
+from installed import require
 from trl_helpers import history, sft_trainer
 
 from slowed_plugin import SLowEDCallback
@@ -111,20 +112,26 @@ def test_unknown_get_batch_samples_signature_is_refused_at_construction(llama_di
     original = trl.SFTTrainer
     trl.SFTTrainer = OtherVersion
     try:
-        with pytest.raises(RuntimeError, match=r"does not know this transformers version's .*get_batch_samples"):
+        with pytest.raises(RuntimeError, match=r"needs transformers\.Trainer\.get_batch_samples .*does not know"):
             sft_trainer(llama_dir, cot_rows[:8], tmp_path, [SLowEDCallback(tau=None, mask_ratio=0.3)])
     finally:
         trl.SFTTrainer = original
 
 
-def test_installed_get_batch_samples_signature_is_known():
+def test_installed_private_signatures_are_known():
+    """Every called row of the private-API table matches the installed transformers and TRL (the floors job runs
+    this at the floors, the main job at Axolotl's pins: the table's "checked" versions)."""
+    import importlib
     import inspect
 
-    from transformers import Trainer
+    from slowed_plugin.trainer.private_api import TABLE
 
-    from slowed_plugin.trainer.patches import _BATCH_SAMPLES_SIGNATURES
-
-    assert tuple(inspect.signature(Trainer.get_batch_samples).parameters)[1:] in _BATCH_SAMPLES_SIGNATURES
+    called = [row for row in TABLE if row.signatures is not None]
+    assert {row.name for row in called} >= {"get_batch_samples", "_get_num_items_in_batch", "_prepare_dataset"}
+    for row in called:
+        module, owner = row.owner.rsplit(".", 1)
+        method = getattr(getattr(importlib.import_module(module), owner), row.name)
+        assert tuple(inspect.signature(method).parameters)[1:] in row.signatures, row
 
 
 def _snapshot(trainer) -> dict:
@@ -164,6 +171,7 @@ def test_detach_leaves_the_trainer_as_it_was_before_attach(llama_dir, cot_rows, 
 def test_the_axolotl_step_recount_is_a_listed_change_undone_with_the_rows(monkeypatch):
     import types
 
+    require("axolotl", "axolotl")
     import axolotl.utils.trainer
 
     from slowed_plugin.axolotl.anchor_frontend import step_recount

@@ -1,0 +1,37 @@
+"""benchmarks/: split by job (a thin entry, one file per benchmark), and a --help that says what --quick runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def test_quick_does_not_promise_two_minutes():
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "2 minutes" not in text
+    assert "(d) still builds and trains the real Qwen2.5-0.5B shape" in text
+
+
+def test_one_file_per_benchmark_and_a_thin_entry():
+    parts = {"loss", "step", "slow_tuning", "real_shape", "gpu_step", "qlora_memory"}
+    assert parts | {"bench", "harness"} == {p.stem for p in BENCH.glob("*.py")}
+    for name in parts:
+        source = (BENCH / f"{name}.py").read_text()
+        assert "WORKERS = {" in source and "\ndef report(" in source, name
+    assert len((BENCH / "bench.py").read_text().splitlines()) < 120
+
+
+def test_an_unknown_part_is_one_line():
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench.py"), "--only", "az"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert "--only 'az': unknown part(s) z; parts are abcdef" in done.stderr
