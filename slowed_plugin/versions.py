@@ -89,7 +89,10 @@ def pyproject_requirements(path: str | os.PathLike) -> list[str]:
         project = tomllib.load(handle)["project"]
     lines = list(project.get("dependencies", []))
     for extra, requirements in project.get("optional-dependencies", {}).items():
-        lines += [f'{r}; extra == "{extra}"' for r in requirements]
+        for r in requirements:
+            spec, _, marker = r.partition(";")
+            marker = f"({marker.strip()}) and " if marker.strip() else ""
+            lines.append(f'{spec.strip()}; {marker}extra == "{extra}"')
     return lines
 
 
