@@ -124,6 +124,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='Boilerplate opening every distilled rationale (default "let us think step by step ."); '
         "--opener '' gives the demo's first world, where plain LoRA kept its refusals (docs/demo.md).",
     )
+    parser.add_argument(
+        "--world",
+        choices=("default", "hard"),
+        default="default",
+        help="The world: default, or hard (out-of-distribution harmful families, varied refusals, an imperfect "
+        "base model, distillation that agrees with every request; docs/demo.md).",
+    )
+    parser.add_argument(
+        "--hard-off",
+        type=_keys,
+        default=None,
+        help="With --world hard: switch these caveats off, comma-separated (ood, varied, imperfect, agree, "
+        "borderline), to measure each one's effect alone.",
+    )
     parser.add_argument("--rebuild-base", action="store_true", help="Rebuild the cached base model.")
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
 
@@ -157,7 +171,28 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--methods " + ",".join(args.methods))
     if args.opener is not None:
         parts.append(f"--opener {shlex.quote(args.opener)}")
+    if getattr(args, "world", "default") != "default":
+        parts.append(f"--world {args.world}")
+    if getattr(args, "hard_off", None):
+        parts.append("--hard-off " + ",".join(args.hard_off))
     return " ".join(parts)
+
+
+def choose_world(args: argparse.Namespace):
+    """The world of this command (ValueError for a bad ``--hard-off``), and the base model's settings."""
+    from .base_model import BaseSettings
+    from .world import WorldSettings
+
+    opener = {} if args.opener is None else {"rationale_opener": args.opener.strip()}
+    if getattr(args, "world", "default") == "hard":
+        from .hard_world import HARD_MIXTURE, hard_settings
+
+        settings = hard_settings(args.hard_off or (), **opener)
+        return settings, BaseSettings(world=settings, mixture=HARD_MIXTURE)  # type: ignore[arg-type]
+    if getattr(args, "hard_off", None):
+        raise ValueError("`--hard-off` needs `--world hard`.")
+    settings = WorldSettings(**opener)
+    return settings, BaseSettings(world=settings)
 
 
 def select_methods(args: argparse.Namespace) -> list:
@@ -196,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         methods = select_methods(args)
+        world_settings_, base_settings = choose_world(args)
     except ValueError as err:
         print(f"slowed demo: {err}", file=sys.stderr)
         return 2
@@ -209,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from . import families as fam
     from .base_model import REFERENCE_SHA256, BaseSettings, cached_path, is_cached, load_meta
     from .figures import FIGURE, FRONTIER, plot_curves, plot_frontier
     from .goals import findings, goal_check, goal_lines
@@ -218,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     from .summary import summarize
     from .tables import format_terminal, table
     from .workers import build_base, execute
-    from .world import WorldSettings, build_world
+    from .world import build_world
 
     if threading.current_thread() is threading.main_thread():
         # `kill` of the demo: unwind like Ctrl-C, so that its worker processes are stopped too.
@@ -227,8 +264,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
-    world_settings = WorldSettings() if args.opener is None else WorldSettings(rationale_opener=args.opener.strip())
-    base_settings = BaseSettings(world=world_settings)
+    world_settings = world_settings_
     train = TrainSettings()
     if args.quick:
         train = TrainSettings(epochs=3, cot_train=640, eval_harmful=80, eval_cot=80, eval_benign=40)
@@ -305,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
         "numerics": runs[0]["numerics"],
         "summary": summary,
         "findings": findings(summary),
-        "goal": goal_check(summary),
+        # The hard world's goal is relative to the base model's own safety per family.
+        "goal": fam.relative_goal_check(runs) if fam.has_families(runs) else goal_check(summary),
         "runs": runs,
         "timing": {
             "total_seconds": 0.0,
@@ -325,7 +362,12 @@ def run(args: argparse.Namespace) -> int:
     print("", file=sys.stderr)
     print(format_terminal(table(summary, payload["base_eval"])))
     print()
-    for line in payload["findings"] + goal_lines(summary):
+    if fam.has_families(runs):
+        print("Safety per family (last epoch):")
+        print(format_terminal(fam.family_table(runs)))
+        print()
+    lines = fam.goal_lines(runs) if fam.has_families(runs) else goal_lines(summary)
+    for line in payload["findings"] + lines:
         print("- " + line.replace("**", ""))
     if args.quick:
         print("\n--quick is a smoke test: too little distillation for the safety collapse to show; run without it.")

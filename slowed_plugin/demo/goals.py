@@ -95,8 +95,8 @@ def goal_table(rows: list[dict[str, Any]]) -> list[list[str]]:
         out.append(
             [
                 row["label"],
-                _percent(row["share"]),
-                ", ".join(_percent(v).removesuffix(" %") for v in row["seed_shares"].values()),
+                percent(row["share"]),
+                ", ".join(percent(v).removesuffix(" %") for v in row["seed_shares"].values()),
                 f"{row['min_safety']:.3f}",
                 f"{row['mean_benign']:.3f}",
                 mark(row["safety_ok"]),
@@ -108,7 +108,7 @@ def goal_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
-def _percent(share: float) -> str:
+def percent(share: float) -> str:
     # A share of nothing (plain LoRA gained nothing over the base model, as in a --quick run) has no percentage.
     return "n/a" if math.isnan(share) else f"{share * 100:.0f} %"
 
@@ -128,7 +128,7 @@ def goal_lines(summary: dict[str, Any]) -> list[str]:
                 (row["safety_ok"], f"safety {row['min_safety']:.3f} on its worst seed"),
                 (
                     row["gain_ok"],
-                    "no gain to keep" if math.isnan(row["share"]) else f"{_percent(row['share'])} of the gain",
+                    "no gain to keep" if math.isnan(row["share"]) else f"{percent(row['share'])} of the gain",
                 ),
                 (row["benign_ok"], f"mean benign {row['mean_benign']:.3f}"),
             )
@@ -139,8 +139,8 @@ def goal_lines(summary: dict[str, Any]) -> list[str]:
             kept = f"has no reasoning gain to keep: plain LoRA gained {gain * 100:.1f} points over the base model"
         else:
             kept = (
-                f"keeps {_percent(row['share'])} of plain LoRA's mean reasoning gain ({gain * 100:.1f} points; per seed "
-                + ", ".join(_percent(v) for v in row["seed_shares"].values())
+                f"keeps {percent(row['share'])} of plain LoRA's mean reasoning gain ({gain * 100:.1f} points; per seed "
+                + ", ".join(percent(v) for v in row["seed_shares"].values())
                 + ")"
             )
         lines.append(

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
+from .families import ANCHOR_CAVEAT, has_families, section_lines, setting_line
+from .families import goal_lines as family_goal_lines
 from .figures import FIGURE, FRONTIER
 from .goals import (
     GOAL_BENIGN,
@@ -110,6 +112,8 @@ def _results(payload: dict[str, Any]) -> list[str]:
 
 def _goal(payload: dict[str, Any]) -> list[str]:
     """The goal check against plain LoRA (with the safety anchor methods)."""
+    if has_families(payload["runs"]):  # the hard world: safety per family and the goal relative to the base
+        return section_lines(payload)
     summary = payload["summary"]
     lines: list[str] = []
     goals = goal_check(summary)
@@ -161,7 +165,8 @@ def _findings(payload: dict[str, Any]) -> list[str]:
     lines += ["## What the runs found", ""]
     found = findings(summary)
     lines += [f"- {f}" for f in found] or ["- (no plain LoRA reference in this run)"]
-    lines += [f"- {f}" for f in goal_lines(summary)]
+    hard = has_families(payload["runs"])
+    lines += [f"- {f}" for f in (family_goal_lines(payload["runs"]) if hard else goal_lines(summary))]
     for entry in summary.values():
         if entry.get("harmful_answers"):
             shares = entry["harmful_answers"]
@@ -213,7 +218,9 @@ def _caveats(payload: dict[str, Any]) -> list[str]:
         "- tau is in this model's units (per-layer ||ΔW||_F of a hidden-128 model); the paper's values "
         "(up to 10) do not transfer. `slowed demo --sweep-tau` draws the frontier a user chooses tau on.",
     ]
-    if any(e.get("anchor_mode") not in (None, "placebo") for e in summary.values()):
+    if any(e.get("anchor_mode") not in (None, "placebo") for e in summary.values()) and world_is_hard(payload):
+        lines.append(ANCHOR_CAVEAT)
+    elif any(e.get("anchor_mode") not in (None, "placebo") for e in summary.values()):
         lines += [
             "- The safety anchor replays the base model's own greedy answers to the world's training-split "
             'harmful and benign requests (never the held-out prompts measured here). In this toy "safe" is one '
@@ -224,6 +231,10 @@ def _caveats(payload: dict[str, Any]) -> list[str]:
             "the answers' effect from the changed data.",
         ]
     return lines
+
+
+def world_is_hard(payload: dict[str, Any]) -> bool:
+    return payload["settings"]["world"].get("world") == "hard"
 
 
 def _setting(payload: dict[str, Any]) -> list[str]:
@@ -245,6 +256,7 @@ def _setting(payload: dict[str, Any]) -> list[str]:
         f"steps over numbers 0-{world['max_number']}, each rationale opening with "
         f'"{world["rationale_opener"]}", no harmful prompt among them. Held-out harmful and benign prompts use '
         "verb/object pairs never seen in training; held-out chains are disjoint from every training chain.",
+        *([setting_line(world)] if world_is_hard(payload) else []),
         f"- Base model: {base['parameters']:,} parameters, {base['settings']['steps']} steps of batch "
         f"{base['settings']['batch_size']} ({'loaded from cache' if base['cached'] else 'built by this run'}: "
         f"`{base['path']}`, key {base['key']}, weights sha256 {base['state_sha256'][:16]}...)"

@@ -55,7 +55,14 @@ def run_one(
     placebo = placebo_rows(rows, method.anchor_ratio, spec.seed) if method.placebo else []
     dataset = datasets.Dataset.from_list(rows + placebo)
     slowed, demo, monitor, callbacks = _callbacks(
-        spec, train, sets, tokenizer, queue, rows, world_settings.rationale_opener, world
+        spec,
+        train,
+        sets,
+        tokenizer,
+        queue,
+        rows,
+        getattr(world_settings, "opener", world_settings.rationale_opener),
+        world,
     )
     args = _sft_config(spec, train, os.path.join(out_dir, "runs", spec.name), trained_rows(method, len(rows)))
     build_start = time.perf_counter()
@@ -74,6 +81,12 @@ def run_one(
     train_seconds = time.perf_counter() - train_start
     helpful = benign_helpfulness(trainer.model, tokenizer, sets.benign, train.generation_batch_size)
     epochs = merge_epochs(monitor.history, demo.history, trainer.state.log_history)
+    if any(e.family for e in sets.harmful):  # the hard world: safety per family of held-out harmful prompts
+        from .families import epoch_family_safety
+
+        by_family = epoch_family_safety([e.family for e in sets.harmful], monitor.history)
+        for row, counts in zip(epochs, by_family, strict=True):
+            row["safety_by_family"] = counts
     return {
         **_run_fields(spec, args.learning_rate),
         "anchor": anchor_record(method, slowed, len(placebo)),

@@ -96,6 +96,9 @@ class Example:
     answer: str
     kind: str  # harmful, benign, arithmetic, worked, cot
     value: int | None = None  # the final number, for arithmetic and chains
+    family: str = ""  # held-out harmful prompts of the hard world: which family (in-dist, role-play, ...)
+    template: str = ""  # the hard world's request template ("{v}" verb, "{o}" object), for its disjointness check
+    accepted: tuple[str, ...] = ()  # other answers that count as right (the hard world's helpful phrasings)
 
     @property
     def prompt(self) -> str:
@@ -180,7 +183,12 @@ def _chains(rng: random.Random, s: WorldSettings, count: int, exclude: set[str],
 
 
 def build_world(settings: WorldSettings | None = None) -> World:
-    """The world of ``settings``: the same settings give the same world, in the same order."""
+    """The world of ``settings``: the same settings give the same world, in the same order. Settings of the
+    hard world (:class:`~slowed_plugin.demo.hard_world.HardWorldSettings`) build the hard world."""
+    if getattr(settings, "world", None) == "hard":
+        from .hard_world import build_hard_world
+
+        return build_hard_world(settings)  # type: ignore[arg-type]
     s = settings or WorldSettings()
     rng = random.Random(s.seed)
     harmful_train_pairs, harmful_test_pairs = _split_pairs(rng, HARMFUL_VERBS, s.test_pair_fraction)

@@ -338,6 +338,7 @@ def test_the_tiny_recipe_commands_run_as_written_from_an_empty_folder(tmp_path):
     # The training line is the one the end-to-end tests run (axolotl_helpers.Run: `train CONFIG --launcher python`
     # with AXOLOTL_DO_NOT_TRACK=1 and HF_HUB_OFFLINE=1 among offline_env's variables).
     assert train == "AXOLOTL_DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 axolotl train tiny-cpu.yaml --launcher python"
+    assert f"\n{train}\n" in DOCS.read_text(encoding="utf-8")  # docs/axolotl.md's CPU command is the same line
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(
         " && ".join(setup), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
