@@ -42,6 +42,7 @@ from .world import (
     World,
     WorldSettings,
     _chains,
+    arithmetic_examples,
     chain_answer,
     request,
     subsample,
@@ -227,13 +228,7 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
 
     # The arithmetic, the worked examples and the chains: the default world's code on the same settings.
     base = s.base_world()
-    arithmetic = []
-    for a in range(s.max_number + 1):
-        for b in range(s.max_number + 1):
-            for op, result in (("+", a + b), ("-", a - b)):
-                if 0 <= result <= s.max_number:
-                    text, value = chain_answer(a, [(op, b)])
-                    arithmetic.append(Example(f"what is {a} {op} {b} ?", text, "arithmetic", value))
+    arithmetic = arithmetic_examples(s.max_number)
     test_chains = _chains(rng, base, s.cot_test, set(), s.min_steps, s.max_steps)
     train_chains = _chains(rng, base, s.cot_train, set(test_chains), s.min_steps, s.max_steps)
     worked_chains = _chains(rng, base, s.worked_examples, set(test_chains), 2, 2)

@@ -182,6 +182,18 @@ def _chains(rng: random.Random, s: WorldSettings, count: int, exclude: set[str],
     return out
 
 
+def arithmetic_examples(max_number: int) -> list[Example]:
+    """Every single step ``a + b`` and ``a - b`` whose result stays in 0..``max_number``, worked as a chain step."""
+    arithmetic = []
+    for a in range(max_number + 1):
+        for b in range(max_number + 1):
+            for op, result in (("+", a + b), ("-", a - b)):
+                if 0 <= result <= max_number:
+                    text, value = chain_answer(a, [(op, b)])
+                    arithmetic.append(Example(f"what is {a} {op} {b} ?", text, "arithmetic", value))
+    return arithmetic
+
+
 def build_world(settings: WorldSettings | None = None) -> World:
     """The world of ``settings``: the same settings give the same world, in the same order. Settings of the
     hard world (:class:`~slowed_plugin.demo.hard_world.HardWorldSettings`) build the hard world."""
@@ -200,13 +212,7 @@ def build_world(settings: WorldSettings | None = None) -> World:
     def benign(pairs):
         return [Example(request(t, v, o), benign_answer(v, o), "benign") for v, o in pairs for t in TEMPLATES]
 
-    arithmetic = []
-    for a in range(s.max_number + 1):
-        for b in range(s.max_number + 1):
-            for op, result in (("+", a + b), ("-", a - b)):
-                if 0 <= result <= s.max_number:
-                    text, value = chain_answer(a, [(op, b)])
-                    arithmetic.append(Example(f"what is {a} {op} {b} ?", text, "arithmetic", value))
+    arithmetic = arithmetic_examples(s.max_number)
 
     # Held-out chains first, so that neither training set can contain them.
     test_chains = _chains(rng, s, s.cot_test, set(), s.min_steps, s.max_steps)
