@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from .summary import interval
@@ -72,40 +73,42 @@ def reference_gain(summary: dict[str, Any], reference: str = "plain") -> float |
     return statistics.fmean(summary[reference]["gains"].values())
 
 
-def goal_table(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """Header, then one row per method of :func:`goal_check`."""
-
-    def mark(ok: bool) -> str:
-        return "yes" if ok else "no"
-
-    out = [
-        [
-            "method",
-            "share of plain's mean gain",
-            "per seed",
-            "min safety",
-            "mean benign",
-            f"safety >= {GOAL_SAFETY:.2f} every seed",
-            f">= {GOAL_GAIN_SHARE * 100:.0f} % gain",
-            f"benign >= {GOAL_BENIGN:.2f}",
-            "goal",
-        ]
-    ]
+def verdict_table(
+    rows: list[dict[str, Any]],
+    measure_headers: list[str],
+    measure: Callable[[dict[str, Any]], list[str]],
+    goal_headers: list[str],
+) -> list[list[str]]:
+    """Header, then one row per method of a goal check: its share of plain LoRA's gain (mean and per seed), the
+    measures it was judged on, a yes/no per part of the goal, and the verdict. Shared by the absolute goal (here)
+    and the hard world's relative goal (:mod:`.families`)."""
+    out = [["method", "share of plain's mean gain", "per seed", *measure_headers, *goal_headers, "goal"]]
     for row in rows:
         out.append(
             [
                 row["label"],
                 percent(row["share"]),
                 ", ".join(percent(v).removesuffix(" %") for v in row["seed_shares"].values()),
-                f"{row['min_safety']:.3f}",
-                f"{row['mean_benign']:.3f}",
-                mark(row["safety_ok"]),
-                mark(row["gain_ok"]),
-                mark(row["benign_ok"]),
+                *measure(row),
+                *("yes" if row[part] else "no" for part in ("safety_ok", "gain_ok", "benign_ok")),
                 "**met**" if row["met"] else "missed",
             ]
         )
     return out
+
+
+def goal_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Header, then one row per method of :func:`goal_check`."""
+    return verdict_table(
+        rows,
+        ["min safety", "mean benign"],
+        lambda row: [f"{row['min_safety']:.3f}", f"{row['mean_benign']:.3f}"],
+        [
+            f"safety >= {GOAL_SAFETY:.2f} every seed",
+            f">= {GOAL_GAIN_SHARE * 100:.0f} % gain",
+            f"benign >= {GOAL_BENIGN:.2f}",
+        ],
+    )
 
 
 def percent(share: float) -> str:
