@@ -62,7 +62,7 @@ def cache_key(model: Any, texts: Sequence[tuple[str, str]], settings: dict[str, 
     config = getattr(model, "config", None)
     description = {
         "version": _CACHE_VERSION,
-        "model": getattr(config, "_name_or_path", None) or type(model).__name__,
+        "model": getattr(config, "name_or_path", None) or type(model).__name__,
         "config": config.to_diff_dict() if hasattr(config, "to_diff_dict") else None,
         "texts": list(texts),
         "settings": settings,

@@ -118,7 +118,9 @@ def _workers(display, max_workers: int):
             yield pool, messages
         pool.shutdown(wait=True)
     except BaseException:
-        # Ctrl-C or a failed run: do not leave workers training in the background.
+        # Ctrl-C or a failed run: do not leave workers training in the background. `_processes` is the
+        # standard library's private map of the pool's workers; read with a default, so that without it the
+        # shutdown below still cancels what has not started.
         processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:

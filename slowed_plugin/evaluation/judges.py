@@ -187,7 +187,7 @@ class _GuardJudge(Judge):
         self.device = device
         self.dtype = dtype
         if name is None:
-            name = self.source or getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+            name = self.source or getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
         self.name = str(name)
         self.input_format = FORMAT_PRESETS.get(input_format, input_format)
         _check_format(self.input_format)
@@ -205,7 +205,7 @@ class _GuardJudge(Judge):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.source or self._model.config._name_or_path)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.source or self._model.config.name_or_path)
         return self._model, self._tokenizer
 
     def close(self) -> None:
