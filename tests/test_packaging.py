@@ -53,6 +53,10 @@ def test_the_wheel_carries_the_recipes_and_the_entry_points(tmp_path):
     recipes = {p.name for p in (ROOT / "recipes").iterdir() if p.suffix == ".yaml" or p.name == "README.md"}
     assert {f"slowed_plugin/recipes/{name}" for name in recipes} <= names
     assert "slowed_plugin/data/cot_tiny.jsonl" in names
+    # the demo's shipped base model: every file `from_pretrained` and the demo read
+    shipped = {p.name for p in (ROOT / "slowed_plugin" / "demo" / "base_weights").iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "slowed_demo_base.json"} <= shipped
+    assert {f"slowed_plugin/demo/base_weights/{name}" for name in shipped} <= names
     assert not [n for n in names if n.startswith("recipes/")]  # not a top-level package
     assert "slowed-guard = slowed_plugin.axolotl.guard:plugin" in entry_points
     assert "slowed-check = slowed_plugin.axolotl.cli:slowed_check" in entry_points

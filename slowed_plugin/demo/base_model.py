@@ -1,11 +1,12 @@
-"""The demo's "aligned base model": a tiny Llama trained from scratch on CPU, then cached.
+"""The demo's "aligned base model": a tiny Llama trained from scratch on CPU, shipped for the default settings.
 
-It is not shipped with the package: the first run builds it (a couple of minutes on 2 cores) and
-stores it under ``$SLOWED_CACHE`` (default ``~/.cache/slowed-plugin``) in a folder named after a hash
-of every world and training setting, so a changed setting builds a new one and the same command
-rebuilds the same bits. The build fixes its thread count, its seeds and its data order, and runs in a
-worker process with the demo's pinned floating point (:mod:`.numerics`), so that every x86-64 CPU with
-AVX2 builds the same bits with the same torch build: :data:`REFERENCE_SHA256`.
+The default settings' build (1.3 MB) ships in ``base_weights/``, so ``slowed demo`` starts training at once;
+``--rebuild-base`` and any other settings (``--world hard``, ``--opener``) build it (minutes on 2 cores) and
+store it under ``$SLOWED_CACHE`` (default ``~/.cache/slowed-plugin``) in a folder named after a hash of every
+world and training setting, so a changed setting builds a new one and the same command rebuilds the same bits.
+The build fixes its thread count, its seeds and its data order, and runs in a worker process with the demo's
+pinned floating point (:mod:`.numerics`), so that every x86-64 CPU with AVX2 builds the same bits with the same
+torch build: :data:`REFERENCE_SHA256`, the shipped weights' digest.
 
 Training is a plain torch loop over the same token sequences TRL's ``SFTTrainer`` builds for a
 prompt/completion dataset: ``<s>`` + prompt + completion + ``</s>``, loss on the completion only.
@@ -34,6 +35,9 @@ BUILD_VERSION = 2
 # build matches it.
 REFERENCE_SHA256 = "5ce941c8904f01f8863bef51568cc30d73d9db8d971a82457d66ab37fe96fa06"
 META_FILE = "slowed_demo_base.json"
+# The default settings' build, as `build_base_model` saved it (pinned, torch 2.13.0 CPU). Shipping saves the
+# first run's minutes of building, nothing else: `--rebuild-base` gives the same bits (two builds here did).
+SHIPPED_DIR = Path(__file__).with_name("base_weights")
 
 
 @dataclass(frozen=True)
@@ -77,15 +81,33 @@ def load_meta(path: str | Path) -> dict:
     return json.loads((Path(path) / META_FILE).read_text())
 
 
+def shipped_path(settings: BaseSettings) -> Path | None:
+    """The shipped build of ``settings`` (the default ones only), or None."""
+    meta = SHIPPED_DIR / META_FILE
+    if meta.is_file() and load_meta(SHIPPED_DIR)["key"] == settings.key():
+        return SHIPPED_DIR
+    return None
+
+
+def find_base_model(settings: BaseSettings) -> tuple[Path, str] | None:
+    """Where a finished base model of ``settings`` is, and how it got there ("cached" or "shipped"); None when it
+    must be built. A cached build comes first: it is the one ``--rebuild-base`` made."""
+    if is_cached(settings):
+        return cached_path(settings), "cached"
+    shipped = shipped_path(settings)
+    return (shipped, "shipped") if shipped is not None else None
+
+
 def ensure_base_model(
     settings: BaseSettings, progress: bool = True, rebuild: bool = False, on_step: Callable[[int], None] | None = None
 ) -> Path:
-    """The folder of the cached base model of ``settings`` (model, tokenizer, metadata); built if absent.
+    """The folder of the base model of ``settings`` (model, tokenizer, metadata): cached, shipped, or built now.
 
     ``on_step(step)`` is called after every optimizer step of a build (the demo's progress bar)."""
+    found = find_base_model(settings)
+    if found is not None and not rebuild:
+        return found[0]
     path = cached_path(settings)
-    if is_cached(settings) and not rebuild:
-        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(path)
     tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-{os.getpid()}-", dir=path.parent))

@@ -1,6 +1,6 @@
 """``slowed demo``: the main job on its embedded default, on CPU, with no downloads.
 
-Builds (once, then cached) an aligned tiny base model, distils chain-of-thought into it with plain
+Takes the aligned tiny base model (shipped for the default world; built once, then cached, for others), distils chain-of-thought into it with plain
 LoRA, Slow Tuning only, Low-Entropy Masking only, SLowED, the safety anchor (replay, gradient, with SLowED) and
 the anchor's placebo through a stock TRL ``SFTTrainer``, and writes a table, ``report.md``, ``results.json`` and a figure of safety and reasoning per epoch.
 """
@@ -138,7 +138,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="With --world hard: switch these caveats off, comma-separated (ood, varied, imperfect, agree, "
         "borderline), to measure each one's effect alone.",
     )
-    parser.add_argument("--rebuild-base", action="store_true", help="Rebuild the cached base model.")
+    parser.add_argument(
+        "--rebuild-base",
+        action="store_true",
+        help="Build the base model from scratch into the cache (the default one ships with the package).",
+    )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
 
 
@@ -246,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from . import families as fam
-    from .base_model import REFERENCE_SHA256, BaseSettings, cached_path, is_cached, load_meta
+    from .base_model import REFERENCE_SHA256, BaseSettings, cached_path, find_base_model, load_meta
     from .figures import FIGURE, FRONTIER, plot_curves, plot_frontier
     from .goals import findings, goal_check, goal_lines
     from .methods import TrainSettings, make_specs
@@ -281,21 +285,22 @@ def run(args: argparse.Namespace) -> int:
         f"{min(jobs, len(specs))} at a time; output in {out}/",
         file=sys.stderr,
     )
-    cached = is_cached(base_settings) and not args.rebuild_base
+    found = None if args.rebuild_base else find_base_model(base_settings)
     base_start = time.perf_counter()
-    if not cached:
-        print("  building the aligned base model (once; then cached)...", file=sys.stderr)
-    if cached:
-        base_dir = cached_path(base_settings)
+    if found is not None:
+        base_dir, base_source = found
     else:
+        print("  building the aligned base model (once; then cached)...", file=sys.stderr)
         if args.rebuild_base and cached_path(base_settings).exists():
             import shutil
 
             shutil.rmtree(cached_path(base_settings))
         base_dir = build_base(base_settings, out, progress=progress)
+        base_source = "built"
     base_seconds = time.perf_counter() - base_start
     meta = load_meta(base_dir)
-    print(f"  base model: {base_dir} ({'cached' if cached else f'built in {base_seconds:.0f} s'})", file=sys.stderr)
+    how = {"cached": "cached", "shipped": "shipped with the package"}.get(base_source, f"built in {base_seconds:.0f} s")
+    print(f"  base model: {base_dir} ({how})", file=sys.stderr)
 
     runs_start = time.perf_counter()
     runs = execute(specs, train, world_settings, base_dir, out, jobs=jobs, progress=progress)
@@ -328,7 +333,8 @@ def run(args: argparse.Namespace) -> int:
         "base_model": {
             "path": str(base_dir),
             "key": meta["key"],
-            "cached": cached,
+            "cached": base_source != "built",
+            "source": base_source,  # "cached", "shipped" (the package's copy) or "built" (by this run)
             "parameters": meta["parameters"],
             "state_sha256": meta["state_sha256"],
             "reference_sha256": REFERENCE_SHA256 if base_settings == BaseSettings() else None,
