@@ -11,6 +11,11 @@ from harness import MASK_RATIO, VOCAB, med, peak_rss_mib, reset_peak, run_worker
 
 def run_variant(variant: str, steps: int, batch: int, length: int) -> dict:
     """One SFTTrainer run of ``variant``; called in a fresh fork of the step worker."""
+    with tempfile.TemporaryDirectory(prefix="slowed-bench-") as output_dir:  # save_strategy "no": stays empty
+        return _run_variant(variant, steps, batch, length, output_dir)
+
+
+def _run_variant(variant: str, steps: int, batch: int, length: int, output_dir: str) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -43,7 +48,7 @@ def run_variant(variant: str, steps: int, batch: int, length: int) -> dict:
     trainer = SFTTrainer(
         model=model,
         args=SFTConfig(
-            output_dir=tempfile.mkdtemp(prefix="slowed-bench-"),
+            output_dir=output_dir,
             max_steps=steps,
             per_device_train_batch_size=batch,
             learning_rate=1e-4,

@@ -143,10 +143,11 @@ def build_trainer(
     device: str,
     rank: int,
     callbacks: list,
-    model_dir: str | None = None,
+    model_dir: str | None,
+    output_dir: str,
 ):
     """An ``SFTTrainer`` of ``variant`` (see :data:`VARIANTS`): LoRA ``rank`` on all linear layers, random token
-    rows of ``length`` with the first quarter (the prompt) ignored."""
+    rows of ``length`` with the first quarter (the prompt) ignored; ``output_dir`` is the caller's to remove."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -167,7 +168,7 @@ def build_trainer(
     return SFTTrainer(
         model=model,
         args=SFTConfig(
-            output_dir=tempfile.mkdtemp(prefix="slowed-bench-"),
+            output_dir=output_dir,
             max_steps=steps,
             per_device_train_batch_size=batch,
             learning_rate=1e-4,
@@ -253,8 +254,11 @@ def run_pairs(
                     connection.send(("step", time.perf_counter() - self.start))
 
             start = time.perf_counter()
-            trainer = build_trainer(variant, shape, dtype, steps, batch, length, device, rank, [Turn()], model_dir)
-            trainer.train()
+            with tempfile.TemporaryDirectory(prefix="slowed-bench-") as output_dir:  # save_strategy "no": empty
+                trainer = build_trainer(
+                    variant, shape, dtype, steps, batch, length, device, rank, [Turn()], model_dir, output_dir
+                )
+                trainer.train()
             connection.send(("done", {"peak_mib": peak_mib(device), "process_s": time.perf_counter() - start}))
         except BaseException as err:  # noqa: BLE001 - report any failure to the parent
             connection.send(("error", f"{type(err).__name__}: {err}"))

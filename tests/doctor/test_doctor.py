@@ -239,7 +239,9 @@ def test_findings_exit_code():
 def test_slowed_doctor_on_cpu(tmp_path):
     """The command as a user runs it (kernels compiled, the tiny bench): every check passes, exit 0."""
     report = tmp_path / "doctor.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    scratch = tmp_path / "tmp"  # the command's temporary files: none may be left behind
+    scratch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)}
     env.pop("SLOWED_COMPILE", None)
     done = subprocess.run(
         [sys.executable, "-m", "slowed_plugin.cli", "doctor", "--device", "cpu", "--bench", "--bench-shape", "tiny",
@@ -254,6 +256,7 @@ def test_slowed_doctor_on_cpu(tmp_path):
     assert found["qlora.4bit"]["status"] == "skip"
     assert found["bench.ratio.slowed"]["data"]["step_time_ratio"] > 0
     assert done.stdout.strip().splitlines()[-2].startswith("slowed doctor: ")
+    assert not list(scratch.glob("slowed-*")), list(scratch.iterdir())  # the bench's trainers' output folders
 
 
 def test_step_pairs_refuse_to_fork_after_cuda_started(monkeypatch):
