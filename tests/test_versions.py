@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from installed import require
+from packaging.specifiers import SpecifierSet
 
 from slowed_plugin import versions
 from slowed_plugin.versions import ALLOW_ENV, UnsupportedVersionError, VersionFinding, version_findings
@@ -119,7 +120,22 @@ def test_floor_pins_are_the_lower_bounds():
     assert [p.split("==")[0] for p in pins] == list(STACK)
     for pin in pins:
         name, floor = pin.split("==")
-        assert next(f for f in version_findings() if f.package == name).supported == f">={floor}"
+        assert next(f for f in version_findings() if f.package == name).floor == floor
+
+
+def test_trl_with_the_fused_lm_head_loss_is_refused_before_any_model(monkeypatch):
+    """TRL 1.15 computes the loss from per-token log-probs of a fused LM head: masking would not reach it, so the
+    range stops below it and the refusal comes at the callback, not at the first optimizer step."""
+    from slowed_plugin import SLowEDCallback
+
+    trl = next(f for f in version_findings() if f.package == "trl")
+    assert trl.floor == "1.4.0" and not versions._inside("1.15.0", SpecifierSet(trl.supported))
+    assert versions._inside("1.14.2", SpecifierSet(trl.supported))
+    _pretend(monkeypatch, trl="1.16.0")
+    with pytest.raises(UnsupportedVersionError) as caught:
+        SLowEDCallback(tau=10.0, mask_ratio=0.2)
+    message = str(caught.value)
+    assert "\n" not in message and "trl 1.16.0" in message and "<1.15" in message
 
 
 # ---------------------------------------------------------------------------------------------- README

@@ -1,8 +1,8 @@
 """Optional dependencies the suite needs: imported, or the test fails with how to install them.
 
 The suite's set-up (scripts/setup.sh) installs every extra, so a missing one is a broken set-up, never a silent
-skip. The one exception is declared: CI's floors job (scripts/floors.sh) installs the base and TRL only and sets
-``SLOWED_TESTS_WITHOUT_EXTRAS=1``, which turns a missing extra into a skip that names it.
+skip. The exceptions are declared: CI's floors job (scripts/floors.sh) and scripts/newest.sh install the base and
+TRL only and set ``SLOWED_TESTS_WITHOUT_EXTRAS=1``, which turns a missing extra into a skip that names it.
 """
 
 from __future__ import annotations
