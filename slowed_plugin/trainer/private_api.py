@@ -4,26 +4,27 @@ refuses an attribute whose signature SLowED does not know, before it is used.
 transformers and TRL do not promise these, so a new release may rename or re-sign any of them. Each is reached
 through :func:`require` (called where SLowED uses it, when it attaches): a missing attribute, or a method whose
 parameters are not a signature listed here, stops SLowED with one line instead of computing something else.
-"checked" names the versions CI ran SLowED with: the floors job (pyproject's lower bounds) and the main job
-(Axolotl's pins); ``scripts/newest.sh`` runs the newest releases. Nothing outside this table reads a private
+"checked" names the versions SLowED's tests passed with: the floors job (pyproject's lower bounds), the main job
+(Axolotl's pins) and ``scripts/newest.sh`` (the newest releases the ranges allow; last run: transformers 5.25.0,
+trl 1.14.2). Nothing outside this table reads a private
 attribute of transformers or TRL (``tests/trainer/test_private_api.py`` greps the package for it).
 
 =====================================  ===========================  =================================================
 attribute                              checked                      what SLowED does with it
 =====================================  ===========================  =================================================
 ``transformers.Trainer``               transformers 5.10.1, 5.16.1  wrapped (masking): ``num_items_in_batch`` becomes
-``.get_batch_samples``                                              the kept targets of the step (exact GA and DDP)
+``.get_batch_samples``                 and 5.25.0                   the kept targets of the step (exact GA and DDP)
 ``transformers.Trainer``               transformers 5.10.1, 5.16.1  called (masking) on stand-in batches, so the
-``._get_num_items_in_batch``                                        trainer's own cross-device count applies; it
+``._get_num_items_in_batch``           and 5.25.0                   trainer's own cross-device count applies; it
                                                                     must count ``shift_labels`` where a batch has
                                                                     them (up to 5.9 it counted ``labels``: wrong
                                                                     numbers, hence the transformers floor)
-``trl.SFTTrainer._prepare_dataset``    trl 1.4.0, 1.9.0             called (safety anchor): the anchor rows are
+``trl.SFTTrainer._prepare_dataset``    trl 1.4.0, 1.9.0, 1.14.2     called (safety anchor): the anchor rows are
                                                                     tokenized as the training set was
-``trl.SFTTrainer``                     trl 1.9.0 (absent in 1.4.0)  read (safety anchor): whether TRL skipped data
+``trl.SFTTrainer``                     trl 1.9.0, 1.14.2 (not 1.4)  read (safety anchor): whether TRL skipped data
 ``._skip_prepare_dataset``                                          preparation; absent: derived as TRL 1.4.0 does,
                                                                     from ``args`` and the next row
-``trl.SFTTrainer._is_vision_dataset``  trl 1.4.0, 1.9.0             read (safety anchor), only where the row above
+``trl.SFTTrainer._is_vision_dataset``  trl 1.4.0, 1.9.0, 1.14.2     read (safety anchor), only where the row above
                                                                     is absent; absent too: False
 =====================================  ===========================  =================================================
 """

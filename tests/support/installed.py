@@ -20,5 +20,5 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         if os.environ.get("SLOWED_TESTS_WITHOUT_EXTRAS") == "1":
-            pytest.skip(f"{module} is not installed: the floors job runs without the `{extra}` extra")
+            pytest.skip(f"{module} is not installed: the floors and newest jobs run without the `{extra}` extra")
         pytest.fail(f"{module} is not installed: run `SLOWED_EXTRAS=...,{extra} source scripts/setup.sh`")
