@@ -135,6 +135,7 @@ def test_the_command_line_parser_imports_no_framework():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_cli_runs_quickstart_end_to_end(tmp_path):
     # A subprocess, as a user runs it: the SLowED logger writes to the real stderr, beside the trainer's progress bar.
     command = [sys.executable, "-m", "slowed_plugin.cli", "quickstart", "--epochs", "1", "--out", str(tmp_path)]
