@@ -89,7 +89,8 @@ def _results(payload: dict[str, Any]) -> list[str]:
     if payload.get("quick"):
         lines += [
             "> `--quick` is a smoke test of the pipeline: "
-            f"{train['epochs']} epochs on {payload['world_sizes']['cot_train']} chains is too little distillation "
+            f"{train['epochs']} epoch{'s' if train['epochs'] != 1 else ''} on {payload['world_sizes']['cot_train']} "
+            "chains is too little distillation "
             "for the safety collapse to show. Run `slowed demo` without `--quick` for the result.",
             "",
         ]
