@@ -121,7 +121,7 @@ class _Kernels:
             # The eager kernel raises too when the inputs themselves are wrong; only a compiler
             # failure switches the process to the eager kernels.
             result = eager(*args)
-            self.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            self.failed = compile_error_summary(err)
             logger.warning(
                 "SLowED: torch.compile is unavailable for the fused loss kernels (%s); using the eager "
                 "kernels (same results, slower). Set SLOWED_COMPILE=0 to skip the attempt.",
@@ -142,6 +142,17 @@ class _Kernels:
             out_ = z_
         rows = (lse.contiguous(), y.contiguous(), w.contiguous())
         self._call("grad", _row_grad_into, z_, *rows, out_, float(scale), _softcap(softcap))
+
+
+def compile_error_summary(err: BaseException) -> str:
+    """One line for a compiler failure: its type, the message's first line and, when the message runs on, its last
+    line too. Inductor's messages open with where it failed ("backend='inductor' raised:") and end with why (the
+    compiler's own error), so the first line alone hides the cause."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    summary = f"{type(err).__name__}: {lines[0]}"
+    return summary if len(lines) == 1 else f"{summary} ... {lines[-1]}"
 
 
 def _softcap(value: float | None) -> float | None:

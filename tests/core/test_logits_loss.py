@@ -194,3 +194,15 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
     assert fresh.failed and "no C++ compiler" in fresh.failed
     assert "eager kernels" in caplog.text
     assert kernels.warmup(VOCAB) == 0.0  # nothing left to compile
+
+
+def test_a_compile_error_keeps_its_cause_in_one_line():
+    # Inductor's shape: where it failed first, the compiler's own error last.
+    err = RuntimeError(
+        "backend='inductor' raised:\nCppCompileError: C++ compile error\n\n  fatal error: Python.h: missing"
+    )
+    summary = kernels.compile_error_summary(err)
+    assert "\n" not in summary
+    assert summary == "RuntimeError: backend='inductor' raised: ... fatal error: Python.h: missing"
+    assert kernels.compile_error_summary(RuntimeError("no C++ compiler")) == "RuntimeError: no C++ compiler"
+    assert kernels.compile_error_summary(RuntimeError()) == "RuntimeError"
