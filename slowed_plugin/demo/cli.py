@@ -333,7 +333,6 @@ def run(args: argparse.Namespace) -> int:
         "base_model": {
             "path": str(base_dir),
             "key": meta["key"],
-            "cached": base_source != "built",
             "source": base_source,  # "cached", "shipped" (the package's copy) or "built" (by this run)
             "parameters": meta["parameters"],
             "state_sha256": meta["state_sha256"],

@@ -34,10 +34,7 @@ def write_results(out: Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-def _source(base: dict[str, Any]) -> str:
-    """Where the run's base model came from (results before `source` existed have only `cached`)."""
-    source = base.get("source") or ("cached" if base["cached"] else "built")
-    return {"cached": "loaded from cache", "shipped": "shipped with the package", "built": "built by this run"}[source]
+_SOURCES = {"cached": "loaded from cache", "shipped": "shipped with the package", "built": "built by this run"}
 
 
 def _reference_note(base: dict[str, Any]) -> str:
@@ -265,7 +262,7 @@ def _setting(payload: dict[str, Any]) -> list[str]:
         "verb/object pairs never seen in training; held-out chains are disjoint from every training chain.",
         *([setting_line(world)] if world_is_hard(payload) else []),
         f"- Base model: {base['parameters']:,} parameters, {base['settings']['steps']} steps of batch "
-        f"{base['settings']['batch_size']} ({_source(base)}: "
+        f"{base['settings']['batch_size']} ({_SOURCES[base['source']]}: "
         f"`{base['path']}`, key {base['key']}, weights sha256 {base['state_sha256'][:16]}...)"
         + _reference_note(base)
         + ".",
