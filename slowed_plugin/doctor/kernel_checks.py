@@ -21,7 +21,7 @@ from torch import nn
 
 from ..core import IGNORE_INDEX
 from ..core.hidden_states_loss import chunked_masked_causal_lm_loss
-from ..core.kernels import KERNELS, warmup
+from ..core.kernels import KERNELS, compile_error_summary, warmup
 from ..core.logits_loss import fused_masked_causal_lm_loss
 from ..trainer.reference_loss import masked_causal_lm_loss
 from .findings import Finding
@@ -183,7 +183,7 @@ def kernel_findings(device: str, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> 
     try:
         warmup(VOCAB, tuple(DTYPES[name] for name in dtypes), device=device)
     except Exception as err:  # noqa: BLE001
-        KERNELS.failed = KERNELS.failed or f"{type(err).__name__}: {err}"
+        KERNELS.failed = KERNELS.failed or compile_error_summary(err)  # one line, as the kernels say it
     seconds = time.perf_counter() - start
     compiled = [_run(path, "compiled", name, device) for path in CASES for name in dtypes]
     if KERNELS.failed is not None:
