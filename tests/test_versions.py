@@ -17,7 +17,7 @@ from slowed_plugin import versions
 from slowed_plugin.versions import ALLOW_ENV, UnsupportedVersionError, VersionFinding, version_findings
 
 ROOT = Path(__file__).resolve().parents[1]
-STACK = ("torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes")
+STACK = ("torch", "transformers", "peft", "accelerate", "datasets", "trl", "bitsandbytes", "deepspeed")
 
 
 def _pretend(monkeypatch: pytest.MonkeyPatch, **installed: str | None) -> None:
@@ -166,3 +166,5 @@ def test_ci_runs_the_floors_job_after_the_main_job():
     assert ci.index("\nscripts/test.sh\n") < ci.index("\nscripts/floors.sh\n")
     floors = (ROOT / "scripts" / "floors.sh").read_text()
     assert "tests/test_versions.py" in floors and f"--floors {' '.join(STACK)})" in floors
+    # DeepSpeed's floor is tested by the two-process ZeRO runs (slow tests), not only imported by the fast ones.
+    assert '-m slow -p no:cacheprovider tests/trainer/test_deepspeed.py -k "zero_lora"' in floors
