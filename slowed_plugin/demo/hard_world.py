@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass
 
 from .world import (
     BENIGN_VERBS,
-    COT_VERBS,
     HARMFUL_VERBS,
     OBJECTS,
     REFUSAL,
@@ -43,9 +42,11 @@ from .world import (
     WorldSettings,
     _chains,
     arithmetic_examples,
-    chain_answer,
+    cot_examples,
     request,
     subsample,
+    template_text,
+    worked_examples,
 )
 
 # Harmful verbs no training request contains (the ``new-verbs`` family).
@@ -163,10 +164,6 @@ def judge():
     return RefusalJudge()
 
 
-def _template_text(template: tuple[str, str]) -> str:
-    return f"{template[0]} {{v}} {{o}} {template[1]}"
-
-
 def _style(phrasings: tuple[str, ...], varied: bool, template_index: int, obj: str, verb: str) -> str:
     """The phrasing a request gets: chosen by template and object (learnable, and varied across prompts)."""
     text = phrasings[(template_index + OBJECTS.index(obj)) % len(phrasings)] if varied else phrasings[0]
@@ -201,9 +198,7 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
                 complies = (v, t) in compliant
                 answer = _style(HELPFUL if complies else refusals, s.varied_answers, t, o, v)
                 out.append(
-                    Example(
-                        request(template, v, o), answer, "harmful", family=family, template=_template_text(template)
-                    )
+                    Example(request(template, v, o), answer, "harmful", family=family, template=template_text(template))
                 )
         return out
 
@@ -213,7 +208,7 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
                 request(template, v, o),
                 _style(HELPFUL, s.varied_answers, t, o, v),
                 "benign",
-                template=_template_text(template),
+                template=template_text(template),
                 accepted=helpful_all(v, o),
             )
             for v, o in pairs
@@ -232,26 +227,8 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
     test_chains = _chains(rng, base, s.cot_test, set(), s.min_steps, s.max_steps)
     train_chains = _chains(rng, base, s.cot_train, set(test_chains), s.min_steps, s.max_steps)
     worked_chains = _chains(rng, base, s.worked_examples, set(test_chains), 2, 2)
-    worked = []
-    for key, (start, steps) in worked_chains.items():
-        text, value = chain_answer(start, steps)
-        worked.append(Example(f"compute {key} step by step .", text, "worked", value))
-
-    def cot(chains) -> list[Example]:
-        out = []
-        for key, (start, steps) in chains.items():
-            text, value = chain_answer(start, steps)
-            if s.opener:
-                text = f"{s.opener} {text}"
-            template = rng.choice(TEMPLATES)
-            out.append(
-                Example(
-                    request(template, rng.choice(COT_VERBS), key), text, "cot", value, template=_template_text(template)
-                )
-            )
-        return out
-
-    cot_train = cot(train_chains)
+    worked = worked_examples(worked_chains)
+    cot_train = cot_examples(rng, train_chains, s.opener, record_template=True)
     n_borderline = round(s.cot_train * s.borderline_share)
     if n_borderline:
         borderline = []
@@ -259,7 +236,7 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
             v, o, t = rng.choice(BORDERLINE_VERBS), rng.choice(OBJECTS), rng.randrange(len(TEMPLATES))
             answer = _style(HELPFUL, s.varied_answers, t, o, v)
             borderline.append(
-                Example(request(TEMPLATES[t], v, o), answer, "borderline", template=_template_text(TEMPLATES[t]))
+                Example(request(TEMPLATES[t], v, o), answer, "borderline", template=template_text(TEMPLATES[t]))
             )
         # Replace chains at random positions: the set keeps its size (and the runs their step count).
         for position, row in zip(sorted(rng.sample(range(len(cot_train)), n_borderline)), borderline, strict=True):
@@ -285,7 +262,7 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
         cot_train=cot_train,
         harmful_test=[e for rows in families.values() for e in rows],
         benign_test=benign_rows(benign_test_pairs),
-        cot_test=cot(test_chains),
+        cot_test=cot_examples(rng, test_chains, s.opener, record_template=True),
         pairs={
             "harmful": {"train": harmful_train_pairs, "test": harmful_test_pairs},
             "benign": {"train": benign_train_pairs, "test": benign_test_pairs},

@@ -182,6 +182,37 @@ def _chains(rng: random.Random, s: WorldSettings, count: int, exclude: set[str],
     return out
 
 
+def template_text(template: tuple[str, str]) -> str:
+    """A request template as one string ("{v}" the verb, "{o}" the object), as the hard world records it."""
+    return f"{template[0]} {{v}} {{o}} {template[1]}"
+
+
+def cot_examples(
+    rng: random.Random, chains: dict, opener: str, kind: str = "cot", record_template: bool = False
+) -> list[Example]:
+    """One chain-of-thought row per chain: a request in a random template with a random verb, answered by the
+    chain's rationale after ``opener``. Two draws from ``rng`` per chain, template then verb: both worlds' bits
+    depend on that order."""
+    out = []
+    for key, (start, steps) in chains.items():
+        text, value = chain_answer(start, steps)
+        if opener:
+            text = f"{opener} {text}"
+        template = rng.choice(TEMPLATES)
+        question = request(template, rng.choice(COT_VERBS), key)
+        out.append(Example(question, text, kind, value, template=template_text(template) if record_template else ""))
+    return out
+
+
+def worked_examples(chains: dict) -> list[Example]:
+    """The base model's worked examples: "compute <chain> step by step ." answered by the chain's rationale."""
+    out = []
+    for key, (start, steps) in chains.items():
+        text, value = chain_answer(start, steps)
+        out.append(Example(f"compute {key} step by step .", text, "worked", value))
+    return out
+
+
 def arithmetic_examples(max_number: int) -> list[Example]:
     """Every single step ``a + b`` and ``a - b`` whose result stays in 0..``max_number``, worked as a chain step."""
     arithmetic = []
@@ -219,21 +250,7 @@ def build_world(settings: WorldSettings | None = None) -> World:
     train_chains = _chains(rng, s, s.cot_train, set(test_chains), s.min_steps, s.max_steps)
     worked_chains = _chains(rng, s, s.worked_examples, set(test_chains), 2, 2)
 
-    def cot(chains, kind):
-        out = []
-        for key, (start, steps) in chains.items():
-            text, value = chain_answer(start, steps)
-            if s.rationale_opener:
-                text = f"{s.rationale_opener} {text}"
-            template = rng.choice(TEMPLATES)
-            question = request(template, rng.choice(COT_VERBS), key)
-            out.append(Example(question, text, kind, value))
-        return out
-
-    worked = []
-    for key, (start, steps) in worked_chains.items():
-        text, value = chain_answer(start, steps)
-        worked.append(Example(f"compute {key} step by step .", text, "worked", value))
+    worked = worked_examples(worked_chains)
 
     return World(
         settings=s,
@@ -243,10 +260,10 @@ def build_world(settings: WorldSettings | None = None) -> World:
             "arithmetic": arithmetic,
             "worked": worked,
         },
-        cot_train=cot(train_chains, "cot"),
+        cot_train=cot_examples(rng, train_chains, s.rationale_opener),
         harmful_test=harmful(harmful_test_pairs),
         benign_test=benign(benign_test_pairs),
-        cot_test=cot(test_chains, "cot"),
+        cot_test=cot_examples(rng, test_chains, s.rationale_opener),
         pairs={
             "harmful": {"train": harmful_train_pairs, "test": harmful_test_pairs},
             "benign": {"train": benign_train_pairs, "test": benign_test_pairs},
