@@ -187,9 +187,7 @@ def template_text(template: tuple[str, str]) -> str:
     return f"{template[0]} {{v}} {{o}} {template[1]}"
 
 
-def cot_examples(
-    rng: random.Random, chains: dict, opener: str, kind: str = "cot", record_template: bool = False
-) -> list[Example]:
+def cot_examples(rng: random.Random, chains: dict, opener: str, record_template: bool = False) -> list[Example]:
     """One chain-of-thought row per chain: a request in a random template with a random verb, answered by the
     chain's rationale after ``opener``. Two draws from ``rng`` per chain, template then verb: both worlds' bits
     depend on that order."""
@@ -200,7 +198,7 @@ def cot_examples(
             text = f"{opener} {text}"
         template = rng.choice(TEMPLATES)
         question = request(template, rng.choice(COT_VERBS), key)
-        out.append(Example(question, text, kind, value, template=template_text(template) if record_template else ""))
+        out.append(Example(question, text, "cot", value, template=template_text(template) if record_template else ""))
     return out
 
 
