@@ -1,8 +1,9 @@
 """``slowed demo``: the main job on its embedded default, on CPU, with no downloads.
 
 Takes the aligned tiny base model (shipped for the default world; built once, then cached, for others),
-distils chain-of-thought into it with plain LoRA, Slow Tuning only, Low-Entropy Masking only, SLowED, the safety anchor (replay, gradient, with SLowED) and
-the anchor's placebo through a stock TRL ``SFTTrainer``, and writes a table, ``report.md``, ``results.json`` and a figure of safety and reasoning per epoch.
+distils chain-of-thought into it with plain LoRA, Slow Tuning only, Low-Entropy Masking only, SLowED, the
+safety anchor (replay, gradient, with SLowED) and the anchor's placebo through a stock TRL ``SFTTrainer``, and
+writes a table, ``report.md``, ``results.json`` and a figure of safety and reasoning per epoch.
 """
 
 from __future__ import annotations
