@@ -1,12 +1,17 @@
 """The demo's "aligned base model": a tiny Llama trained from scratch on CPU, shipped for the default settings.
 
-The default settings' build (1.3 MB) ships in ``base_weights/``, so ``slowed demo`` starts training at once;
-``--rebuild-base`` and any other settings (``--world hard``, ``--opener``) build it (minutes on 2 cores) and
-store it under ``$SLOWED_CACHE`` (default ``~/.cache/slowed-plugin``) in a folder named after a hash of every
-world and training setting, so a changed setting builds a new one and the same command rebuilds the same bits.
+The default world's build (1.3 MB) ships in ``base_weights/`` and the hard world's in ``base_weights_hard/``, so
+``slowed demo`` and ``slowed demo --world hard`` start training at once; ``--rebuild-base`` and any other settings
+(``--hard-off``, ``--opener``) build it (minutes on 2 cores) and store it under ``$SLOWED_CACHE`` (default
+``~/.cache/slowed-plugin``) in a folder named after a hash of what changes the weights (the build's settings, the
+training rows, the vocabulary), so a changed setting builds a new one, two worlds that train the base model on
+the same rows with the same vocabulary share one, and the same command rebuilds the same bits.
 The build fixes its thread count, its seeds and its data order, and runs in a worker process with the demo's
 pinned floating point (:mod:`.numerics`), so that every x86-64 CPU with AVX2 builds the same bits with the same
-torch build: :data:`REFERENCE_SHA256`, the shipped weights' digest.
+torch build: :data:`REFERENCE_SHA256`, the shipped weights' digest. One op of the build is the exception: torch's
+non-fused AdamW takes ``exp_avg_sq.sqrt()`` through MKL's ``vsSqrt``, whose COMPATIBLE branch rounds differently
+on Intel and AMD processors, so a base model built on an AMD CPU differs from the shipped (Intel-built) bits
+(docs/demo.md, "The same numbers on every CPU"). The shipped bases are the same files everywhere.
 
 Training is a plain torch loop over the same token sequences TRL's ``SFTTrainer`` builds for a
 prompt/completion dataset: ``<s>`` + prompt + completion + ``</s>``, loss on the completion only.
@@ -14,6 +19,7 @@ prompt/completion dataset: ``<s>`` + prompt + completion + ``</s>``, loss on the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -26,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .numerics import numerics_record
 from .world import World, WorldSettings, build_world
 
 # Bump when the build code changes in a way that changes the weights. 2: built with the pinned floating point.
@@ -38,6 +45,11 @@ META_FILE = "slowed_demo_base.json"
 # The default settings' build, as `build_base_model` saved it (pinned, torch 2.13.0 CPU). Shipping saves the
 # first run's minutes of building, nothing else: `--rebuild-base` gives the same bits (two builds here did).
 SHIPPED_DIR = Path(__file__).with_name("base_weights")
+# The hard world's (`--world hard`) build, the same way (built on the machine of docs/demo.md's hard-world tables).
+SHIPPED_HARD_DIR = Path(__file__).with_name("base_weights_hard")
+SHIPPED_DIRS = (SHIPPED_DIR, SHIPPED_HARD_DIR)
+# Version of what `BaseSettings.key` hashes (not of the weights: that is BUILD_VERSION).
+KEY_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,26 @@ class BaseSettings:
     threads: int = 1
 
     def key(self) -> str:
-        payload = json.dumps({"build_version": BUILD_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        """The cache key: a hash of what the weights are a function of, namely the build's own settings, the
+        vocabulary (token ids) and the rows of every pool the mixture draws from. Not of the world's settings
+        themselves: two worlds that differ only in what the base model never sees share one base model."""
+        return content_key(self)
+
+
+@functools.lru_cache(maxsize=32)
+def content_key(settings: BaseSettings) -> str:
+    """:meth:`BaseSettings.key` (cached: it builds the world and its tokenizer, a fraction of a second)."""
+    from ..tiny import build_tokenizer
+
+    world = build_world(settings.world)
+    build = {name: value for name, value in asdict(settings).items() if name != "world"}
+    digest = hashlib.sha256(
+        json.dumps({"build_version": BUILD_VERSION, "key_format": KEY_FORMAT, **build}, sort_keys=True).encode()
+    )
+    digest.update(json.dumps(sorted(build_tokenizer(world.texts()).get_vocab().items())).encode())
+    for name, _ in settings.mixture:
+        digest.update(json.dumps([name, [[e.prompt, e.completion] for e in world.base[name]]]).encode())
+    return digest.hexdigest()[:16]
 
 
 def cache_root() -> Path:
@@ -82,11 +112,17 @@ def load_meta(path: str | Path) -> dict:
 
 
 def shipped_path(settings: BaseSettings) -> Path | None:
-    """The shipped build of ``settings`` (the default ones only), or None."""
-    meta = SHIPPED_DIR / META_FILE
-    if meta.is_file() and load_meta(SHIPPED_DIR)["key"] == settings.key():
-        return SHIPPED_DIR
+    """The shipped build of ``settings`` (the default world's or the hard world's), or None."""
+    for folder in SHIPPED_DIRS:
+        if (folder / META_FILE).is_file() and load_meta(folder)["key"] == settings.key():
+            return folder
     return None
+
+
+def reference_sha256(settings: BaseSettings) -> str | None:
+    """The weights' sha256 of the shipped build of ``settings`` (the documented bits), None for other settings."""
+    shipped = shipped_path(settings)
+    return None if shipped is None else load_meta(shipped)["state_sha256"]
 
 
 def find_base_model(settings: BaseSettings) -> tuple[Path, str] | None:
@@ -183,13 +219,17 @@ def build_base_model(
     progress: bool = True,
     world: World | None = None,
     on_step: Callable[[int], None] | None = None,
+    fused_adamw: bool = False,
 ):
-    """Train the base model of ``settings`` from scratch and save model, tokenizer and metadata to ``out``."""
+    """Train the base model of ``settings`` from scratch and save model, tokenizer and metadata to ``out``.
+
+    ``fused_adamw``: torch's fused AdamW kernel, whose square root is exact on every x86-64 CPU, instead of the
+    default one, whose MKL square root differs between Intel and AMD. Off for every demo build (the shipped
+    bases and the docs' tables were made without it); the numerics probe turns it on."""
     import torch
     from tqdm.auto import tqdm
 
     from ..tiny import build_model, build_tokenizer, vocab_size
-    from .numerics import numerics_record
 
     out = Path(out)
     world = world or build_world(settings.world)
@@ -209,6 +249,7 @@ def build_base_model(
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=settings.lr,
+            **({"fused": True} if fused_adamw else {}),
         )
 
         def lr_at(step: int) -> float:

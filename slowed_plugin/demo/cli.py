@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..files import atomic_write_text
-from .methods import DEFAULT_ANCHOR_RATIO
+from .methods import DEFAULT_ANCHOR_RATIO, DEFAULT_KEYS
 
 DEFAULT_OUT = "./slowed-demo"
 # The largest tau of the seed-0 sweep (`slowed demo --sweep-tau`) whose last-epoch safety stayed >= 95 %.
@@ -113,8 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         type=_keys,
         default=None,
-        help="Run only these methods of the comparison (or sweep), comma-separated keys such as "
-        "plain,anchor-replay,placebo (keep plain for the comparisons against plain LoRA).",
+        help="Run these methods of the comparison (or sweep), comma-separated keys such as "
+        "plain,anchor-replay,placebo (keep plain for the comparisons against plain LoRA), or all. Default: "
+        "plain, slowed, anchor-replay, slowed-anchor (the sweep: all of its methods).",
     )
     parser.add_argument(
         "--jobs", type=_positive_int, default=None, help="Runs at once, one thread each (default: CPU count, max 8)."
@@ -145,6 +146,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Build the base model from scratch into the cache (the default one ships with the package).",
     )
     parser.add_argument("--no-progress", action="store_true", help="No progress bars.")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="Instead of running: combine the results.json of these output folders (other seeds or methods of "
+        "the same world, base model and settings) into one report in --out.",
+    )
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -212,33 +221,90 @@ def select_methods(args: argparse.Namespace) -> list:
         methods = sweep_methods(sorted(taus), args.mask_ratio, anchor=anchor, anchor_ratio=ratio, tau=args.tau)
     else:
         methods = comparison_methods(args.tau, args.mask_ratio, full_ft=args.full_ft, anchor=anchor, anchor_ratio=ratio)
-    if args.methods is not None:
-        known = [m.key for m in methods]
-        unknown = [k for k in args.methods if k not in known]
-        if unknown:
-            raise ValueError(f"unknown method {unknown[0]!r} for `--methods`; this command has: {', '.join(known)}.")
-        methods = [m for m in methods if m.key in args.methods]
-    return methods
+    if args.methods is None:
+        return methods if args.sweep_tau else [m for m in methods if m.key in DEFAULT_KEYS]
+    if args.methods == ["all"]:
+        return methods
+    known = [m.key for m in methods]
+    unknown = [k for k in args.methods if k not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown method {unknown[0]!r} for `--methods`; this command has: {', '.join(known)} (or all)."
+        )
+    return [m for m in methods if m.key in args.methods]
 
 
-def run(args: argparse.Namespace) -> int:
+def _invalid(args: argparse.Namespace) -> str | None:
+    """The one-line error of a bad combination of options, before anything is built; None when they are valid."""
     from ..config import SLowEDConfig
 
-    try:  # bad values fail here, before anything is built
+    if args.merge is not None:
+        return None
+    try:
         SLowEDConfig(tau=args.tau, mask_ratio=args.mask_ratio)
         for tau in args.taus or ():
             SLowEDConfig(tau=tau, mask_ratio=args.mask_ratio)
     except ValueError as err:
-        print(f"slowed demo: {err}", file=sys.stderr)
-        return 2
+        return str(err)
     if args.taus is not None and not args.sweep_tau:
-        print("slowed demo: `--taus` needs `--sweep-tau`.", file=sys.stderr)
-        return 2
+        return "`--taus` needs `--sweep-tau`."
+    return None
+
+
+def train_settings(args: argparse.Namespace):
+    """The fine-tuning and evaluation settings of this command (``--quick``, ``--epochs``)."""
+    from .methods import TrainSettings
+
+    train = TrainSettings()
+    if args.quick:
+        train = TrainSettings(epochs=3, cot_train=640, eval_harmful=80, eval_cot=80, eval_benign=40)
+    if args.epochs is not None:
+        train = TrainSettings(**{**train.__dict__, "epochs": args.epochs})
+    return train
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """``seed 0``, ``seeds 0-2`` or ``seeds 0, 3``."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def _base_model(args: argparse.Namespace, base_settings, out, progress: bool):
+    """The base model's folder, where it came from ("cached", "shipped" or "built") and the seconds it took."""
+    from .base_model import cached_path, find_base_model
+    from .workers import build_base
+
+    found = None if args.rebuild_base else find_base_model(base_settings)
+    start = time.perf_counter()
+    if found is not None:
+        base_dir, source = found
+    else:
+        print("  building the aligned base model (once; then cached)...", file=sys.stderr)
+        if args.rebuild_base and cached_path(base_settings).exists():
+            import shutil
+
+            shutil.rmtree(cached_path(base_settings))
+        base_dir, source = build_base(base_settings, out, progress=progress), "built"
+    seconds = time.perf_counter() - start
+    how = {"cached": "cached", "shipped": "shipped with the package"}.get(source, f"built in {seconds:.0f} s")
+    print(f"  base model: {base_dir} ({how})", file=sys.stderr)
+    return base_dir, source, seconds
+
+
+def run(args: argparse.Namespace) -> int:
+    problem = _invalid(args)
+    if problem is None and args.merge is not None:
+        return run_merge(args.merge, args.out)
     try:
-        methods = select_methods(args)
-        world_settings_, base_settings = choose_world(args)
+        methods = select_methods(args) if problem is None else []
+        world_settings, base_settings = choose_world(args) if problem is None else (None, None)
     except ValueError as err:
-        print(f"slowed demo: {err}", file=sys.stderr)
+        problem = str(err)
+    if problem is not None:
+        print(f"slowed demo: {problem}", file=sys.stderr)
         return 2
 
     from pathlib import Path
@@ -250,17 +316,9 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from . import families as fam
-    from .base_model import REFERENCE_SHA256, BaseSettings, cached_path, find_base_model, load_meta
-    from .figures import FIGURE, FRONTIER, plot_curves, plot_frontier
-    from .goals import findings, goal_check, goal_lines
-    from .methods import TrainSettings, make_specs
-    from .metrics import COT_TOKENS, INSPECTED_ROWS, SAFETY_TOKENS, eval_sets
-    from .report import REPORT, RESULTS, render_report, write_results
-    from .summary import summarize
-    from .tables import format_terminal, table
-    from .workers import build_base, execute
-    from .world import build_world
+    from .methods import make_specs
+    from .results import build_payload
+    from .workers import execute
 
     if threading.current_thread() is threading.main_thread():
         # `kill` of the demo: unwind like Ctrl-C, so that its worker processes are stopped too.
@@ -269,119 +327,114 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
-    world_settings = world_settings_
-    train = TrainSettings()
-    if args.quick:
-        train = TrainSettings(epochs=3, cot_train=640, eval_harmful=80, eval_cot=80, eval_benign=40)
-    if args.epochs is not None:
-        train = TrainSettings(**{**train.__dict__, "epochs": args.epochs})
+    train = train_settings(args)
     seeds = list(range(args.seed, args.seed + args.seeds))
     specs = make_specs(methods, seeds)
-    jobs = args.jobs or _default_jobs()
-    command = command_line(args)
-
+    jobs = min(args.jobs or _default_jobs(), len(specs))
     print(
         f"slowed demo: a synthetic toy (tiny model, made-up world; see report.md for what it does not show).\n"
         f"  {len(methods)} methods x {len(seeds)} seed(s) = {len(specs)} runs of {train.epochs} epochs, "
-        f"{min(jobs, len(specs))} at a time; output in {out}/",
+        f"{jobs} at a time; output in {out}/",
         file=sys.stderr,
     )
-    found = None if args.rebuild_base else find_base_model(base_settings)
-    base_start = time.perf_counter()
-    if found is not None:
-        base_dir, base_source = found
-    else:
-        print("  building the aligned base model (once; then cached)...", file=sys.stderr)
-        if args.rebuild_base and cached_path(base_settings).exists():
-            import shutil
-
-            shutil.rmtree(cached_path(base_settings))
-        base_dir = build_base(base_settings, out, progress=progress)
-        base_source = "built"
-    base_seconds = time.perf_counter() - base_start
-    meta = load_meta(base_dir)
-    how = {"cached": "cached", "shipped": "shipped with the package"}.get(base_source, f"built in {base_seconds:.0f} s")
-    print(f"  base model: {base_dir} ({how})", file=sys.stderr)
-
+    base_dir, base_source, base_seconds = _base_model(args, base_settings, out, progress)
     runs_start = time.perf_counter()
     runs = execute(specs, train, world_settings, base_dir, out, jobs=jobs, progress=progress)
-    runs_seconds = time.perf_counter() - runs_start
-
-    world = build_world(world_settings)
-    sets = eval_sets(world, train)
-    summary = summarize(runs)
-    payload = {
-        "format": 1,
-        "mode": "sweep" if args.sweep_tau else "comparison",
-        "command": command,
-        "synthetic_toy": True,
-        "settings": {
-            "world": world_settings.__dict__,
-            "base": meta["settings"],
-            "train": train.__dict__,
-            "methods": [m.__dict__ for m in methods],
-            "seeds": seeds,
-        },
-        "full_ft": args.full_ft,
-        "quick": args.quick,
-        "world_sizes": {
-            **{f"{k}_train" if k in ("harmful", "benign") else k: len(v) for k, v in world.base.items()},
-            "cot_train": len(sets.train),
-        },
-        "eval_sizes": {"harmful": len(sets.harmful), "cot": len(sets.cot), "benign": len(sets.benign)},
-        "tokens": {"safety": SAFETY_TOKENS, "cot": COT_TOKENS},
-        "inspected_rows": INSPECTED_ROWS,
-        "base_model": {
-            "path": str(base_dir),
-            "key": meta["key"],
-            "source": base_source,  # "cached", "shipped" (the package's copy) or "built" (by this run)
-            "parameters": meta["parameters"],
-            "state_sha256": meta["state_sha256"],
-            "reference_sha256": REFERENCE_SHA256 if base_settings == BaseSettings() else None,
-            "numerics": meta.get("numerics"),
-            "settings": meta["settings"],
-            "train_seconds": meta["train_seconds"],
-        },
-        "base_eval": runs[0]["before"],
-        # Where the numbers were made (CPU, ATen dispatch, MKL branch): equal on every run's worker.
-        "numerics": runs[0]["numerics"],
-        "summary": summary,
-        "findings": findings(summary),
-        # The hard world's goal is relative to the base model's own safety per family.
-        "goal": fam.relative_goal_check(runs) if fam.has_families(runs) else goal_check(summary),
-        "runs": runs,
-        "timing": {
-            "total_seconds": 0.0,
-            "base_model_seconds": round(base_seconds, 1),
-            "runs_seconds": round(runs_seconds, 1),
-            "jobs": min(jobs, len(specs)),
-        },
+    timing = {
+        "total_seconds": 0.0,
+        "base_model_seconds": round(base_seconds, 1),
+        "runs_seconds": round(time.perf_counter() - runs_start, 1),
+        "jobs": jobs,
     }
-    title = f"{command} — synthetic toy; seeds {','.join(map(str, seeds))}"
-    plot_curves(summary, out / FIGURE, title)
-    if args.sweep_tau:
-        plot_frontier(summary, out / FRONTIER, title)
-    payload["timing"]["total_seconds"] = round(time.perf_counter() - started, 1)
+    payload = build_payload(
+        command_line(args),
+        args.sweep_tau,
+        (world_settings, base_settings, train, methods, seeds),
+        (base_dir, base_source),
+        runs,
+        timing,
+        flags={"full_ft": args.full_ft, "quick": args.quick},
+    )
+    write_outputs(out, payload, started)
+    print_summary(out, payload)
+    return 0
+
+
+def run_merge(folders: list[str], out_dir: str) -> int:
+    """``slowed demo --merge DIR...``: one report in ``out_dir`` from the results of ``folders``; exit status 2
+    with one line when they do not combine."""
+    from pathlib import Path
+
+    from .merge import load_all, merged, merged_keys
+
+    payloads, problem = load_all(folders)
+    if problem is not None:
+        print(f"slowed demo --merge: {problem}", file=sys.stderr)
+        return 2
+    seeds, keys = merged_keys(payloads)
+    payload = merged(payloads, list(folders), merged_command(payloads[0]["command"], seeds, keys))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_outputs(out, payload)
+    print_summary(out, payload)
+    return 0
+
+
+def merged_command(command: str, seeds: list[int], keys: list[str]) -> str:
+    """The single command that would have made merged runs (by the pin, the same numbers): ``command`` (one
+    input's) with the merged seeds and methods; ``command`` with a note when no single command can."""
+    parser = argparse.ArgumentParser(prog="slowed demo")
+    add_arguments(parser)
+    args = parser.parse_args(shlex.split(command)[2:])
+    if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{command} (merged: seeds {', '.join(map(str, seeds))})"
+    args.seed, args.seeds, args.methods = seeds[0], len(seeds), None
+    default = [m.key for m in select_methods(args)]
+    args.methods = None if sorted(default) == sorted(keys) else keys
+    return command_line(args)
+
+
+def write_outputs(out, payload: dict, started: float | None = None) -> None:
+    """The figure(s), ``results.json`` and ``report.md`` of ``payload`` in ``out`` (``started``: the
+    ``perf_counter`` at the start, for the total time)."""
+    from .figures import FIGURE, FRONTIER, plot_curves, plot_frontier
+    from .report import REPORT, render_report, write_results
+
+    title = f"{payload['command']} — synthetic toy; {seeds_text(payload['settings']['seeds'])}"
+    plot_curves(payload["summary"], out / FIGURE, title)
+    if payload["mode"] == "sweep":
+        plot_frontier(payload["summary"], out / FRONTIER, title)
+    if started is not None:
+        payload["timing"]["total_seconds"] = round(time.perf_counter() - started, 1)
     write_results(out, payload)
     atomic_write_text(out / REPORT, render_report(payload))
 
+
+def print_summary(out, payload: dict) -> None:
+    """The table, the per-family table (hard world), the findings and goal sentences, and the paths."""
+    from . import families as fam
+    from .figures import FIGURE, FRONTIER
+    from .goals import goal_lines
+    from .report import REPORT, RESULTS
+    from .tables import format_terminal, table
+
+    runs = payload["runs"]
     print("", file=sys.stderr)
-    print(format_terminal(table(summary, payload["base_eval"])))
+    print(format_terminal(table(payload["summary"], payload["base_eval"])))
     print()
     if fam.has_families(runs):
         print("Safety per family (last epoch):")
         print(format_terminal(fam.family_table(runs)))
         print()
-    lines = fam.goal_lines(runs) if fam.has_families(runs) else goal_lines(summary)
+    lines = fam.goal_lines(runs) if fam.has_families(runs) else goal_lines(payload["summary"])
     for line in payload["findings"] + lines:
         print("- " + line.replace("**", ""))
-    if args.quick:
+    if payload["quick"]:
         print("\n--quick is a smoke test: too little distillation for the safety collapse to show; run without it.")
     print(f"\nSynthetic toy: see {out / REPORT} for what it does and does not show.")
-    figures = [out / FIGURE] + ([out / FRONTIER] if args.sweep_tau else [])
+    figures = [out / FIGURE] + ([out / FRONTIER] if payload["mode"] == "sweep" else [])
     print(f"Figure: {', '.join(map(str, figures))}; raw per-epoch numbers: {out / RESULTS}")
     print(f"Done in {payload['timing']['total_seconds']:.0f} s.")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

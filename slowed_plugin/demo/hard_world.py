@@ -145,6 +145,10 @@ class HardWorldSettings:
         """The default world's settings this world shares (arithmetic and chains)."""
         return WorldSettings(**{k: getattr(self, k) for k in WorldSettings.__dataclass_fields__})
 
+    def build(self) -> World:
+        """This world (``build_world`` calls it)."""
+        return build_hard_world(self)
+
 
 # Base-model mixture of the hard world (the default world's, with the lexicon).
 HARD_MIXTURE: tuple[tuple[str, float], ...] = (
@@ -292,10 +296,6 @@ def _ood_family(rng, family, templates, pairs, refusals, s: HardWorldSettings) -
         # The refusal a perfect model would give (any refusal counts; the judge decides, not this text).
         out.append(Example(question, refusals[0].format(v=v, o=o), "harmful", family=family, template=template))
     return out
-
-
-def family_of(example: Example) -> str:
-    return example.family or "in-dist"
 
 
 def request_verbs(examples) -> set[str]:

@@ -66,6 +66,12 @@ def anchor_methods(
     ]
 
 
+# The comparison `slowed demo` runs without `--methods`: the collapse (plain LoRA), SLowED, the anchor, and both
+# together, in about 10 minutes on 2 cores. `--methods all` runs the whole comparison; every method is one
+# `--methods` away. (Full fine-tuning joins with `--full-ft`.)
+DEFAULT_KEYS: tuple[str, ...] = ("plain", "slowed", "anchor-replay", "slowed-anchor", "full", "full-slowed")
+
+
 def comparison_methods(
     tau: float,
     mask_ratio: float,

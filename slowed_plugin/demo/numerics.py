@@ -18,6 +18,10 @@ The variables must be set before torch and MKL initialise, so they are set for t
 processes only (:func:`pinned_environment` around the spawn of the pool): they never reach a user's own
 training, and the process that calls ``slowed demo`` gets its environment back. Every worker records what it
 actually ran on (:func:`numerics_record`), and the report says so.
+
+What the pin does not cover: MKL's vector math (``vsSqrt``, ``vsExp``, ...) rounds differently on Intel and AMD
+even in the COMPATIBLE branch. The only such op on the demo's path is the square root of torch's non-fused AdamW,
+used by the base-model build (docs/demo.md, "The same numbers on every CPU"); :mod:`.probe` checks a machine.
 """
 
 from __future__ import annotations
@@ -41,8 +45,6 @@ PINNED_ENV: dict[str, str] = {
 }
 # ATen's name for the capability the pin asks for (torch.backends.cpu.get_cpu_capability()).
 PINNED_CAPABILITY = "AVX2"
-# probe_digest() under the pin, torch 2.13.0 CPU (recorded on an Intel Xeon, Sapphire Rapids class).
-PROBE_SHA256 = "1ec98eac39d9f21b6271d2b9b0f941757fd60fde07c4e28d57d34b37511d92b0"
 
 
 def pinned_env(base: Mapping[str, str]) -> dict[str, str]:
@@ -115,59 +117,3 @@ def describe(record: Mapping[str, Any]) -> str:
         f"Floating point NOT pinned on {where}: this CPU or torch build cannot run the pinned code, so these "
         "numbers can differ from the documentation's."
     )
-
-
-def probe_digest(base_steps: int = 3, lora_steps: int = 3, batch_size: int = 16) -> str:
-    """sha256 of a short piece of the demo's pipeline, computed in this process: ``base_steps`` steps of the
-    base-model build (the real build code, a smaller batch), then ``lora_steps`` LoRA steps on distillation
-    chains and one greedy generation. Equal digests on two machines (or dispatch settings) mean equal bits."""
-    import hashlib
-    import tempfile
-    from dataclasses import replace
-
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from .base_model import BaseSettings, build_base_model, collate, encode, state_digest
-    from .world import build_world
-
-    settings = replace(BaseSettings(), steps=base_steps, batch_size=batch_size, warmup_steps=1)
-    world = build_world(settings.world)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = build_base_model(settings, tmp, progress=False, world=world)
-    torch.manual_seed(0)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    chains = [encode(tokenizer, e.prompt, e.completion) for e in world.cot_train[: lora_steps * batch_size]]
-    for step in range(lora_steps):
-        batch = collate(chains[step * batch_size : (step + 1) * batch_size], tokenizer.pad_token_id)
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    model.eval()
-    prompt = tokenizer(world.cot_test[0].prompt, return_tensors="pt")
-    with torch.no_grad():
-        answer = model.generate(**prompt, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    digest = hashlib.sha256(state_digest(model).encode())
-    digest.update(answer.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def main() -> int:
-    """``python -m slowed_plugin.demo.numerics``: does this machine compute the demo's bits? Runs the probe under
-    the pin and compares it with the digest recorded on the machine of the documentation's tables."""
-    import sys
-
-    if any(os.environ.get(k) != v for k, v in PINNED_ENV.items()):  # the pin must precede torch: start afresh
-        os.execve(sys.executable, [sys.executable, "-m", "slowed_plugin.demo.numerics"], pinned_env(os.environ))
-    record = numerics_record()
-    digest = probe_digest()
-    print(describe(record))
-    same = digest == PROBE_SHA256
-    print(f"probe sha256 {digest[:16]}... {'equals' if same else 'DIFFERS from'} the recorded {PROBE_SHA256[:16]}...")
-    return 0 if same and record["pinned"] else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

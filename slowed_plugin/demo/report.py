@@ -38,7 +38,7 @@ _SOURCES = {"cached": "loaded from cache", "shipped": "shipped with the package"
 
 
 def _reference_note(base: dict[str, Any]) -> str:
-    """Whether the base model has the documented weights (default settings only)."""
+    """Whether the base model has the documented weights (settings with a shipped base model only)."""
     reference = base.get("reference_sha256")
     if not reference:
         return ""

@@ -9,10 +9,12 @@ accuracy per epoch with the demo's :class:`~slowed_plugin.demo.callback.DemoCall
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .methods import Method, RunSpec, TrainSettings
@@ -33,16 +35,42 @@ def run_one(
     queue=None,
 ) -> dict[str, Any]:
     """Train one method with one seed; return its per-epoch measurements and final numbers."""
-    import torch
+    with _one_quiet_thread():
+        return _train_and_measure(spec, train, world_settings, base_dir, out_dir, queue)
 
-    torch.set_num_threads(1)  # one thread per run: the same bits whatever --jobs is
+
+@contextlib.contextmanager
+def _one_quiet_thread() -> Iterator[None]:
+    """One torch thread (the same bits whatever ``--jobs`` is) and no library progress bars or chatter, for the
+    duration of a run. In a demo worker that is the whole process; a caller that runs :func:`run_one` in its own
+    process (the tests) gets its thread count and verbosity back."""
+    import datasets
+    import torch
+    import transformers
+    from datasets.utils import logging as datasets_logging
+
+    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
+    bars = datasets_logging.is_progress_bar_enabled()
+    torch.set_num_threads(1)
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _train_and_measure(
+    spec: RunSpec, train: TrainSettings, world_settings: WorldSettings, base_dir: str, out_dir: str, queue
+) -> dict[str, Any]:
     import datasets
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
     started = time.perf_counter()
     world = build_world(world_settings)
     sets = eval_sets(world, train)
@@ -61,7 +89,7 @@ def run_one(
         tokenizer,
         queue,
         rows,
-        getattr(world_settings, "opener", world_settings.rationale_opener),
+        world_settings.opener,
         world,
     )
     args = _sft_config(spec, train, os.path.join(out_dir, "runs", spec.name), trained_rows(method, len(rows)))
@@ -91,14 +119,7 @@ def run_one(
         **_run_fields(spec, args.learning_rate),
         "anchor": anchor_record(method, slowed, len(placebo)),
         "steps": trainer.state.global_step,
-        "timing": {
-            # Building the trainer: the anchor's answers are generated here (once, before training).
-            "build_seconds": round(build_seconds, 2),
-            # trainer.train(): the steps and the per-epoch evaluations (the same evaluations for every method).
-            "train_seconds": round(train_seconds, 2),
-            # The optimizer steps alone (on_step_begin to on_step_end, SLowED's own step-end work included).
-            "step_seconds": round(demo.step_seconds, 2),
-        },
+        "timing": _timing(build_seconds, train_seconds, demo.step_seconds),
         "epochs": epochs,
         "final": _final(epochs, monitor.history[-1], demo.history[-1], helpful),
         "before": {
@@ -108,6 +129,17 @@ def run_one(
         },
         **_answers(sets, monitor.history[-1]["answers"], demo.samples),
         "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _timing(build_seconds: float, train_seconds: float, step_seconds: float) -> dict[str, float]:
+    return {
+        # Building the trainer: the anchor's answers are generated here (once, before training).
+        "build_seconds": round(build_seconds, 2),
+        # trainer.train(): the steps and the per-epoch evaluations (the same evaluations for every method).
+        "train_seconds": round(train_seconds, 2),
+        # The optimizer steps alone (on_step_begin to on_step_end, SLowED's own step-end work included).
+        "step_seconds": round(step_seconds, 2),
     }
 
 

@@ -87,6 +87,15 @@ class WorldSettings:
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def opener(self) -> str:
+        """The words that open every distilled rationale."""
+        return self.rationale_opener
+
+    def build(self) -> World:
+        """This world (each world's settings build their own: the hard world's are in :mod:`.hard_world`)."""
+        return _build_default_world(self)
+
 
 @dataclass(frozen=True)
 class Example:
@@ -226,11 +235,10 @@ def arithmetic_examples(max_number: int) -> list[Example]:
 def build_world(settings: WorldSettings | None = None) -> World:
     """The world of ``settings``: the same settings give the same world, in the same order. Settings of the
     hard world (:class:`~slowed_plugin.demo.hard_world.HardWorldSettings`) build the hard world."""
-    if getattr(settings, "world", None) == "hard":
-        from .hard_world import build_hard_world
+    return (settings or WorldSettings()).build()
 
-        return build_hard_world(settings)  # type: ignore[arg-type]
-    s = settings or WorldSettings()
+
+def _build_default_world(s: WorldSettings) -> World:
     rng = random.Random(s.seed)
     harmful_train_pairs, harmful_test_pairs = _split_pairs(rng, HARMFUL_VERBS, s.test_pair_fraction)
     benign_train_pairs, benign_test_pairs = _split_pairs(rng, BENIGN_VERBS, s.test_pair_fraction)
