@@ -213,6 +213,45 @@ def state_digest(model) -> str:
     return digest.hexdigest()
 
 
+def _optimizer(model, settings: BaseSettings, fused: bool):
+    """AdamW (weight decay on the matrices only) with linear warm-up and cosine decay."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=settings.lr,
+        **({"fused": True} if fused else {}),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        progress_ = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress_))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+
+
+def _meta(settings: BaseSettings, model, vocab: int, seconds: float, losses: list[tuple[int, float]]) -> dict:
+    """``slowed_demo_base.json``: the key, the settings, the weights' digest and where they were computed."""
+    import torch
+
+    return {
+        "key": settings.key(),
+        "settings": asdict(settings),
+        "build_version": BUILD_VERSION,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": vocab,
+        "train_seconds": round(seconds, 1),
+        "loss": losses,
+        "state_sha256": state_digest(model),
+        "torch": torch.__version__,
+        "numerics": numerics_record(),
+    }
+
+
 def build_base_model(
     settings: BaseSettings,
     out: str | Path,
@@ -244,21 +283,7 @@ def build_base_model(
             settings.family, vocab_size(tokenizer), hidden=settings.hidden, layers=settings.layers, seed=settings.seed
         )
         model.train()
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=settings.lr,
-            **({"fused": True} if fused_adamw else {}),
-        )
-
-        def lr_at(step: int) -> float:
-            if step < settings.warmup_steps:
-                return (step + 1) / settings.warmup_steps
-            progress_ = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * progress_))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+        optimizer, scheduler = _optimizer(model, settings, fused_adamw)
         rng = random.Random(settings.seed)
         names = [name for name, _ in settings.mixture]
         weights = [w for _, w in settings.mixture]
@@ -286,18 +311,7 @@ def build_base_model(
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        meta = {
-            "key": settings.key(),
-            "settings": asdict(settings),
-            "build_version": BUILD_VERSION,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "vocab_size": vocab_size(tokenizer),
-            "train_seconds": round(seconds, 1),
-            "loss": losses,
-            "state_sha256": state_digest(model),
-            "torch": torch.__version__,
-            "numerics": numerics_record(),
-        }
+        meta = _meta(settings, model, vocab_size(tokenizer), seconds, losses)
         (out / META_FILE).write_text(json.dumps(meta, indent=1))
         return model, tokenizer
     finally:

@@ -120,6 +120,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs", type=_positive_int, default=None, help="Runs at once, one thread each (default: CPU count, max 8)."
     )
+    _add_world_arguments(parser)
+
+
+def _add_world_arguments(parser: argparse.ArgumentParser) -> None:
+    """The world, its base model and the output's form."""
     parser.add_argument(
         "--opener",
         default=None,

@@ -219,12 +219,6 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
             for t, template in enumerate(TEMPLATES)
         ]
 
-    lexicon = [
-        Example(f"is it wrong to {v} ?", LEXICON_HARMFUL.format(v=v), "lexicon")
-        for v in HARMFUL_VERBS + NEW_HARMFUL_VERBS
-    ]
-    lexicon += [Example(f"is it wrong to {v} ?", LEXICON_BENIGN.format(v=v), "lexicon") for v in BENIGN_VERBS]
-
     # The arithmetic, the worked examples and the chains: the default world's code on the same settings.
     base = s.base_world()
     arithmetic = arithmetic_examples(s.max_number)
@@ -233,18 +227,7 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
     worked_chains = _chains(rng, base, s.worked_examples, set(test_chains), 2, 2)
     worked = worked_examples(worked_chains)
     cot_train = cot_examples(rng, train_chains, s.opener, record_template=True)
-    n_borderline = round(s.cot_train * s.borderline_share)
-    if n_borderline:
-        borderline = []
-        for _ in range(n_borderline):
-            v, o, t = rng.choice(BORDERLINE_VERBS), rng.choice(OBJECTS), rng.randrange(len(TEMPLATES))
-            answer = _style(HELPFUL, s.varied_answers, t, o, v)
-            borderline.append(
-                Example(request(TEMPLATES[t], v, o), answer, "borderline", template=template_text(TEMPLATES[t]))
-            )
-        # Replace chains at random positions: the set keeps its size (and the runs their step count).
-        for position, row in zip(sorted(rng.sample(range(len(cot_train)), n_borderline)), borderline, strict=True):
-            cot_train[position] = row
+    _add_borderline(rng, s, cot_train)
 
     families = {"in-dist": subsample(harmful_rows(harmful_test_pairs, "in-dist"), s.family_size, seed=s.seed)}
     if s.ood_families:
@@ -261,7 +244,7 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
             "benign": benign_rows(benign_train_pairs),
             "arithmetic": arithmetic,
             "worked": worked,
-            **({"lexicon": lexicon} if s.lexicon else {}),
+            **({"lexicon": _lexicon()} if s.lexicon else {}),
         },
         cot_train=cot_train,
         harmful_test=[e for rows in families.values() for e in rows],
@@ -274,6 +257,32 @@ def build_hard_world(settings: HardWorldSettings | None = None) -> World:
     )
     check_disjoint(world)
     return world
+
+
+def _lexicon() -> list[Example]:
+    """ "is it wrong to <verb> ?" facts for every verb, the new harmful verbs included."""
+    lexicon = [
+        Example(f"is it wrong to {v} ?", LEXICON_HARMFUL.format(v=v), "lexicon")
+        for v in HARMFUL_VERBS + NEW_HARMFUL_VERBS
+    ]
+    return lexicon + [Example(f"is it wrong to {v} ?", LEXICON_BENIGN.format(v=v), "lexicon") for v in BENIGN_VERBS]
+
+
+def _add_borderline(rng: random.Random, s: HardWorldSettings, cot_train: list[Example]) -> None:
+    """Replace ``s.borderline_share`` of the distillation chains, at random positions, by borderline requests
+    answered helpfully: the set keeps its size (and the runs their step count)."""
+    n_borderline = round(s.cot_train * s.borderline_share)
+    if not n_borderline:
+        return
+    borderline = []
+    for _ in range(n_borderline):
+        v, o, t = rng.choice(BORDERLINE_VERBS), rng.choice(OBJECTS), rng.randrange(len(TEMPLATES))
+        answer = _style(HELPFUL, s.varied_answers, t, o, v)
+        borderline.append(
+            Example(request(TEMPLATES[t], v, o), answer, "borderline", template=template_text(TEMPLATES[t]))
+        )
+    for position, row in zip(sorted(rng.sample(range(len(cot_train)), n_borderline)), borderline, strict=True):
+        cot_train[position] = row
 
 
 def _ood_family(rng, family, templates, pairs, refusals, s: HardWorldSettings) -> list[Example]:

@@ -16,11 +16,11 @@ def test_demo_quick_writes_report_results_and_figure(tmp_path, monkeypatch):
     from slowed_plugin.demo import cli
 
     out = tmp_path / "demo"
-    assert cli.main(["--quick", "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["--quick", "--epochs", "1", "--methods", "all", "--out", str(out), "--no-progress"]) == 0
 
     results = json.loads((out / "results.json").read_text())
     assert results["synthetic_toy"] is True
-    assert results["command"] == "slowed demo --quick --epochs 1"
+    assert results["command"] == "slowed demo --quick --epochs 1 --methods all"
     assert results["base_model"]["source"] == "shipped" and not (tmp_path / "cache").exists()
     methods = [r["method"] for r in results["runs"]]
     assert methods == [
