@@ -57,7 +57,6 @@ def _title(payload: dict[str, Any]) -> list[str]:
     """The title, the toy warning and the command."""
     settings = payload["settings"]
     base = payload["base_model"]
-    timing = payload["timing"]
     lines = [
         "# `slowed demo`: what CoT distillation costs in safety, and what SLowED does about it",
         "",
@@ -67,13 +66,21 @@ def _title(payload: dict[str, Any]) -> list[str]:
         "(arXiv 2508.09666) with the product's real code paths; it says nothing about how large the effects "
         "are on real 1-2B models, real harmful prompts or a real safety judge.",
         "",
-        f"Command: `{payload['command']}` (seeds {', '.join(str(s) for s in settings['seeds'])}; "
-        f"{timing['total_seconds']:.0f} s wall, {timing['jobs']} parallel runs of 1 thread each).",
+        f"Command: `{payload['command']}` (seeds {', '.join(str(s) for s in settings['seeds'])}; " + _how(payload),
         "",
         "## Results",
         "",
     ]
     return lines
+
+
+def _how(payload: dict[str, Any]) -> str:
+    """How the runs were made: wall time and parallel runs, or the folders a ``--merge`` combined."""
+    timing = payload["timing"]
+    if payload.get("merged_from"):
+        folders = ", ".join(f"`{f}`" for f in payload["merged_from"])
+        return f"merged by `slowed demo --merge` from {folders}, {timing['total_seconds']:.0f} s wall in all)."
+    return f"{timing['total_seconds']:.0f} s wall, {timing['jobs']} parallel runs of 1 thread each)."
 
 
 def _results(payload: dict[str, Any]) -> list[str]:

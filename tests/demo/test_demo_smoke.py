@@ -69,3 +69,11 @@ def test_demo_quick_writes_report_results_and_figure(tmp_path, monkeypatch):
     assert "slowed-demo.png" in report
     assert "- Numerics: Floating point" in report
     assert (out / "slowed-demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # --merge renders a real results.json: the same runs twice give the same summary, each run once
+    merged = tmp_path / "merged"
+    assert cli.main(["--merge", str(out), str(out), "--out", str(merged)]) == 0
+    again = json.loads((merged / "results.json").read_text())
+    assert again["summary"] == results["summary"] and len(again["runs"]) == len(results["runs"])
+    assert again["command"] == results["command"] and again["merged_from"] == [str(out), str(out)]
+    assert "merged by `slowed demo --merge`" in (merged / "report.md").read_text()
