@@ -393,9 +393,11 @@ def merged_command(command: str, seeds: list[int], keys: list[str]) -> str:
     args = parser.parse_args(shlex.split(command)[2:])
     if seeds != list(range(seeds[0], seeds[0] + len(seeds))):
         return f"{command} (merged: seeds {', '.join(map(str, seeds))})"
-    args.seed, args.seeds, args.methods = seeds[0], len(seeds), None
-    default = [m.key for m in select_methods(args)]
-    args.methods = None if sorted(default) == sorted(keys) else keys
+    args.seed, args.seeds = seeds[0], len(seeds)
+    for methods in (None, ["all"], keys):
+        args.methods = methods
+        if sorted(m.key for m in select_methods(args)) == sorted(keys):
+            break
     return command_line(args)
 
 

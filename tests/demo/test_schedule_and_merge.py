@@ -143,6 +143,8 @@ def test_merge_combines_other_methods_in_the_reports_order_and_a_repeated_run_on
     assert result["command"] == "slowed demo --methods plain,mask,slowed,anchor-replay"
     default = [_payload(["plain", "slowed"], [0]), _payload(["anchor-replay", "slowed-anchor"], [0])]
     assert cli.merged_command(default[0]["command"], *merged_keys(default)) == "slowed demo"
+    every = [m.key for m in comparison_methods(1.5, 0.2)]
+    assert cli.merged_command("slowed demo --methods plain", [0], every) == "slowed demo --methods all"
 
 
 @pytest.mark.parametrize(
