@@ -26,13 +26,15 @@ with an error that says what to do; the logits path (:mod:`slowed_plugin.core.lo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from . import kernels
 from .kernels import check_targets, normalise
 from .lm_head import lm_head_parameters
-from .masking import IGNORE_INDEX, MaskStats, check_finite, select_mask, shifted_targets
+from .masking import IGNORE_INDEX, MaskStats, TokenLosses, check_finite, select_mask, shifted_targets
 
 # Rows of logits per chunk, as TRL's chunked_nll (_CHUNKED_LM_HEAD_CHUNK_SIZE).
 DEFAULT_CHUNK_SIZE = 256
@@ -114,32 +116,61 @@ class _KeptRowsCE(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
-def chunked_masked_causal_lm_loss(
+@dataclass
+class _Rows:
+    """Pass 1 and the mask, per candidate row of the flattened (B*T, H) hidden states."""
+
+    hidden: torch.Tensor  # (B*T, H)
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    shape: tuple[int, int]  # (B, T)
+    drop_last: int  # 1 for unshifted labels: the last position predicts nothing
+    rows: torch.Tensor  # flat indices of the candidates
+    row_targets: torch.Tensor
+    lse: torch.Tensor
+    target_logit: torch.Tensor
+    hit: torch.Tensor
+    entropy: torch.Tensor  # per candidate row
+    keep: torch.Tensor  # per candidate row
+    stats: MaskStats | None
+    extra: dict[str, torch.Tensor]
+
+    def kept_ce(self, chunk_size: int, logit_scale: float, softcap: float | None) -> torch.Tensor:
+        """Cross-entropy of each kept row (differentiable; the backward recomputes only their logits)."""
+        keep = self.keep
+        return _KeptRowsCE.apply(
+            self.hidden,
+            self.weight,
+            self.bias,
+            self.rows[keep],
+            self.row_targets[keep],
+            self.lse[keep],
+            (self.lse - self.target_logit)[keep],
+            chunk_size,
+            float(logit_scale),
+            softcap,
+        )
+
+    def connected_zero(self) -> torch.Tensor:
+        """A float32 zero that reaches every input (DDP/FSDP expect every gradient)."""
+        zero = self.hidden.sum() * 0.0 + self.weight.sum() * 0.0
+        if self.bias is not None:
+            zero = zero + self.bias.sum() * 0.0
+        return zero.float()
+
+
+def _masked_rows(
     hidden_states: torch.Tensor,
     lm_head: nn.Module | torch.Tensor,
     labels: torch.Tensor | None,
     mask_ratio: float,
-    scope: str = "sequence",
-    num_items_in_batch: torch.Tensor | int | None = None,
-    position_ids: torch.Tensor | None = None,
-    shift_labels: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    logit_scale: float = 1.0,
-    final_logit_softcapping: float | None = None,
-) -> tuple[torch.Tensor, MaskStats | None, dict[str, torch.Tensor]]:
-    """Masked causal-LM loss from hidden states (B, T, H) and ``lm_head``: ``(loss, stats, extra)``.
-
-    The loss, its gradient and ``stats`` are those of
-    :func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
-    (scaled and soft-capped as given): same labels conventions, same mask, same division by
-    ``num_items_in_batch`` (clamped to >= 1) or by the kept count, and a zero loss connected to
-    every input when a micro-batch keeps nothing and no ``num_items_in_batch`` is given.
-    ``mask_ratio=0`` keeps every target (stats ``None``, as the reference), but it is computed
-    in chunks, so it equals ``ForCausalLMLoss`` up to rounding rather than bit for bit.
-
-    ``extra`` holds what TRL's ``chunked_nll`` metrics read: ``num_valid_tokens`` (candidates),
-    ``entropy_sum`` and ``num_correct_tokens`` (argmax == target), over candidates, as tensors.
-    """
+    scope: str,
+    position_ids: torch.Tensor | None,
+    shift_labels: torch.Tensor | None,
+    chunk_size: int,
+    logit_scale: float,
+    final_logit_softcapping: float | None,
+) -> _Rows:
     if hidden_states.dim() != 3:
         raise ValueError(f"`hidden_states` must be (batch, seq, hidden); got shape {tuple(hidden_states.shape)}.")
     if chunk_size < 1:
@@ -193,30 +224,126 @@ def chunked_masked_causal_lm_loss(
         "entropy_sum": entropy_sum,
         "num_correct_tokens": hit.sum().float(),
     }
-
-    kept_count = keep.sum()
-    if num_items_in_batch is None and int(kept_count) == 0:
-        # Nothing to learn: a zero loss that still reaches every input (DDP/FSDP expect every grad).
-        loss = hidden_states.sum() * 0.0 + weight.sum() * 0.0
-        if bias is not None:
-            loss = loss + bias.sum() * 0.0
-        return loss.float(), stats, extra
-
-    kept_rows = rows[keep]
-    ce = _KeptRowsCE.apply(
+    return _Rows(
         hidden,
         weight,
         bias,
-        kept_rows,
-        row_targets[keep],
-        lse[keep],
-        (lse - target_logit)[keep],
+        (batch, width),
+        drop_last,
+        rows,
+        row_targets,
+        lse,
+        target_logit,
+        hit,
+        entropy_c,
+        keep,
+        stats,
+        extra,
+    )
+
+
+def chunked_masked_causal_lm_loss(
+    hidden_states: torch.Tensor,
+    lm_head: nn.Module | torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str = "sequence",
+    num_items_in_batch: torch.Tensor | int | None = None,
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    logit_scale: float = 1.0,
+    final_logit_softcapping: float | None = None,
+) -> tuple[torch.Tensor, MaskStats | None, dict[str, torch.Tensor]]:
+    """Masked causal-LM loss from hidden states (B, T, H) and ``lm_head``: ``(loss, stats, extra)``.
+
+    The loss, its gradient and ``stats`` are those of
+    :func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
+    (scaled and soft-capped as given): same labels conventions, same mask, same division by
+    ``num_items_in_batch`` (clamped to >= 1) or by the kept count, and a zero loss connected to
+    every input when a micro-batch keeps nothing and no ``num_items_in_batch`` is given.
+    ``mask_ratio=0`` keeps every target (stats ``None``, as the reference), but it is computed
+    in chunks, so it equals ``ForCausalLMLoss`` up to rounding rather than bit for bit.
+
+    ``extra`` holds what TRL's ``chunked_nll`` metrics read: ``num_valid_tokens`` (candidates),
+    ``entropy_sum`` and ``num_correct_tokens`` (argmax == target), over candidates, as tensors.
+    """
+    r = _masked_rows(
+        hidden_states,
+        lm_head,
+        labels,
+        mask_ratio,
+        scope,
+        position_ids,
+        shift_labels,
         chunk_size,
-        float(logit_scale),
+        logit_scale,
         final_logit_softcapping,
     )
-    loss = normalise(ce.sum(), kept_count, num_items_in_batch)
-    return loss, stats, extra
+    kept_count = r.keep.sum()
+    if num_items_in_batch is None and int(kept_count) == 0:
+        return r.connected_zero(), r.stats, r.extra  # nothing to learn
+    ce = r.kept_ce(chunk_size, logit_scale, final_logit_softcapping)
+    return normalise(ce.sum(), kept_count, num_items_in_batch), r.stats, r.extra
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "chunked_masked_causal_lm_loss", "head_row_stats", "lm_head_parameters"]
+def chunked_masked_token_losses(
+    hidden_states: torch.Tensor,
+    lm_head: nn.Module | torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str = "sequence",
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    logit_scale: float = 1.0,
+    final_logit_softcapping: float | None = None,
+) -> tuple[TokenLosses, MaskStats | None]:
+    """The per-target form of :func:`chunked_masked_causal_lm_loss`: what TRL's fused LM head returns (per-token
+    log-probs, entropy, argmax hit, label mask) on the labels with the dropped targets set to -100.
+
+    ``tokens.nll.sum()`` divided by the kept count (or ``num_items_in_batch``) is
+    :func:`chunked_masked_causal_lm_loss`; the mask is the same one (SLowED's entropies from pass 1). A micro-batch
+    that keeps nothing gives zeros still connected to every input.
+    """
+    r = _masked_rows(
+        hidden_states,
+        lm_head,
+        labels,
+        mask_ratio,
+        scope,
+        position_ids,
+        shift_labels,
+        chunk_size,
+        logit_scale,
+        final_logit_softcapping,
+    )
+    batch, width = r.shape
+    device = r.hidden.device
+    kept_rows = r.rows[r.keep]
+    nll = torch.zeros(batch * width, dtype=torch.float32, device=device)
+    if kept_rows.numel():
+        nll = nll.index_put((kept_rows,), r.kept_ce(chunk_size, logit_scale, final_logit_softcapping))
+    else:
+        nll = nll + r.connected_zero()
+    kept = torch.zeros(batch * width, dtype=torch.bool, device=device)
+    kept[kept_rows] = True
+    entropy = torch.zeros(batch * width, dtype=torch.float32, device=device)
+    entropy[kept_rows] = r.entropy[r.keep]
+    hit = torch.zeros(batch * width, dtype=torch.bool, device=device)
+    hit[kept_rows] = r.hit[r.keep]
+    end = width - r.drop_last
+
+    def shaped(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, width)[:, :end]
+
+    return TokenLosses(shaped(nll), shaped(kept), shaped(entropy), shaped(hit)), r.stats
+
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "chunked_masked_causal_lm_loss",
+    "chunked_masked_token_losses",
+    "head_row_stats",
+    "lm_head_parameters",
+]

@@ -11,7 +11,11 @@ what                           why                                     installed
 model ``forward``              the training loss over the kept         :func:`install_masked_       train end
                                targets (also bypasses TRL's            forward`
                                ``chunked_nll`` forward, which never
-                               builds logits)
+                               builds logits; answers TRL 1.15+'s
+                               ``fused_lm_head=True`` calls)
+model ``forward``, again       TRL 1.15+'s ``SFTTrainer`` wraps the    :func:`keep_masked_forward_  train end
+(TRL 1.15+)                    forward with its fused LM head after    outermost` (train begin)
+                               SLowED attached: masking goes on top
 ``compute_loss`` and           a custom loss receives the masked       :func:`install_custom_       train end
 ``compute_loss_func``          labels (and the packed layout it is     loss_masking`
                                not handed)
@@ -62,7 +66,7 @@ from ..config import SLowEDConfig
 from ..core.masking import MaskStats, kept_token_count
 from .checkpoint import is_checkpoint_dir
 from .loss import MaskedCausalLMLoss, masked_labels
-from .private_api import GET_BATCH_SAMPLES, GET_NUM_ITEMS_IN_BATCH, require
+from .private_api import GET_BATCH_SAMPLES, GET_NUM_ITEMS_IN_BATCH, is_fused_lm_head_forward, require
 
 _MISSING = object()
 
@@ -158,14 +162,23 @@ class Patches:
 
 # ---------------------------------------------------------------------------------------------- the loss
 def install_masked_forward(patches: Patches, causal: torch.nn.Module, loss: MaskedCausalLMLoss) -> None:
-    """``causal.forward`` computes :class:`MaskedCausalLMLoss` in training steps that pass labels."""
+    """``causal.forward`` computes :class:`MaskedCausalLMLoss` in training steps that pass labels; a call of TRL
+    1.15+'s fused LM head (``fused_lm_head=True``) gets the masked per-token fields (:meth:`MaskedCausalLMLoss.fused`)."""
 
     def make(previous: Callable[..., Any]) -> Callable[..., Any]:
-        def forward(self_model, *args, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        def forward(
+            self_model, *args, labels=None, shift_labels=None, num_items_in_batch=None, fused_lm_head=False, **kwargs
+        ):
             if not patches.active or not self_model.training or (labels is None and shift_labels is None):
                 passed = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
+                if fused_lm_head:  # only TRL's fused head knows the keyword: passed on only when given
+                    passed["fused_lm_head"] = True
                 return previous(*args, **kwargs, **{k: v for k, v in passed.items() if v is not None})
+            if fused_lm_head:
+                return loss.fused(previous, args, kwargs, labels, shift_labels, num_items_in_batch)
             return loss(previous, args, kwargs, labels, shift_labels, num_items_in_batch)
+
+        forward._slowed_masked_forward = True  # recognised by `keep_masked_forward_outermost`
 
         # `previous` is bound: re-add `self`, so that once the wrapper is bound its signature still starts with
         # `input_ids` (Trainer._remove_unused_columns keeps only the columns that `forward` names).
@@ -175,6 +188,21 @@ def install_masked_forward(patches: Patches, causal: torch.nn.Module, loss: Mask
         return types.MethodType(forward, causal)
 
     patches.replace(causal, "forward", make)
+
+
+def keep_masked_forward_outermost(patches: Patches, causal: torch.nn.Module, loss: MaskedCausalLMLoss) -> bool:
+    """Install the masked forward again, on top, when TRL's fused LM head wrapped the model's forward after SLowED
+    attached (TRL 1.15+'s ``SFTTrainer`` calls ``add_fused_lm_head`` at the end of its ``__init__``, after the
+    callbacks' ``on_init_end``): its fused calls run the backbone and the head themselves and never reach the layer
+    below. Called at train begin; returns whether it installed. The layer below stays, and only ever sees calls
+    without labels (logits) or outside training, which it passes through."""
+    current = vars(causal).get("forward")
+    if current is None or getattr(getattr(current, "__func__", current), "_slowed_masked_forward", False):
+        return False
+    if not is_fused_lm_head_forward(current):
+        return False  # something else wrapped it: the first-step guard stops a run that masking does not reach
+    install_masked_forward(patches, causal, loss)
+    return True
 
 
 def install_custom_loss_masking(
