@@ -178,7 +178,7 @@ def install_masked_forward(patches: Patches, causal: torch.nn.Module, loss: Mask
                 return loss.fused(previous, args, kwargs, labels, shift_labels, num_items_in_batch)
             return loss(previous, args, kwargs, labels, shift_labels, num_items_in_batch)
 
-        forward._slowed_masked_forward = True  # recognised by `keep_masked_forward_outermost`
+        forward.slowed_masked_forward = True  # recognised by `keep_masked_forward_outermost`
 
         # `previous` is bound: re-add `self`, so that once the wrapper is bound its signature still starts with
         # `input_ids` (Trainer._remove_unused_columns keeps only the columns that `forward` names).
@@ -197,7 +197,7 @@ def keep_masked_forward_outermost(patches: Patches, causal: torch.nn.Module, los
     below. Called at train begin; returns whether it installed. The layer below stays, and only ever sees calls
     without labels (logits) or outside training, which it passes through."""
     current = vars(causal).get("forward")
-    if current is None or getattr(getattr(current, "__func__", current), "_slowed_masked_forward", False):
+    if current is None or getattr(getattr(current, "__func__", current), "slowed_masked_forward", False):
         return False
     if not is_fused_lm_head_forward(current):
         return False  # something else wrapped it: the first-step guard stops a run that masking does not reach
