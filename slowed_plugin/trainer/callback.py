@@ -180,9 +180,9 @@ class SLowEDCallback(TrainerCallback):
             self.attach(trainer)
         elif not self.patches.active:  # a second `train()` after the first one's end undid the patches
             self._install()
-        if self._loss is not None and self.trainer.compute_loss_func is None:
-            # TRL 1.15+ wrapped the forward with its fused LM head after SLowED attached: masking goes on top.
-            patches.keep_masked_forward_outermost(self.patches, self._loss.causal, self._loss)
+        if self._loss is not None and self.trainer.compute_loss_func is None and fused_lm_head_trl():
+            # TRL 1.15+ wrapped the forward with its fused LM head after SLowED attached: its calls are sent down.
+            patches.redirect_fused_lm_head(self.patches, self._loss.causal, self._loss)
         if self.config.online_masking:
             self._warmup_kernels(args)
         self._projections = []

@@ -105,6 +105,8 @@ class MaskedCausalLMLoss:
         # whatever `loss_type` says.
         self.fused_head = hidden_states_head(causal, None)
         self.router_coef = getattr(causal.config, "router_aux_loss_coef", 0.0)
+        # Set by `patches.redirect_fused_lm_head` around a fused-LM-head call it sends down the forward chain.
+        self.fused_call = False
 
     @staticmethod
     def _partitioned(head: OutputHead) -> bool:

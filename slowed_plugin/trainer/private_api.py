@@ -26,12 +26,6 @@ attribute                              checked                      what SLowED 
                                                                     from ``args`` and the next row
 ``trl.SFTTrainer._is_vision_dataset``  trl 1.4.0, 1.9.0, 1.14.2     read (safety anchor), only where the row above
                                                                     is absent; absent too: False
-``trl.trainer.utils.add_fused_lm_head  trl 1.16.0                   recognised (masking, TRL 1.15+): the model's
-.<locals>._fused_forward``                                          ``forward`` that ``SFTTrainer`` installs after
-                                                                    SLowED attached, told by its code object's name
-                                                                    in TRL's ``trainer/utils.py``; SLowED's masked
-                                                                    forward goes on top of it at train begin and
-                                                                    answers its ``fused_lm_head=True`` calls
 =====================================  ===========================  =================================================
 """
 
@@ -91,21 +85,12 @@ IS_VISION_DATASET = PrivateAttribute(
     "trl.SFTTrainer", "_is_vision_dataset", None, "trl", "the safety anchor's data preparation"
 )
 
-FUSED_LM_HEAD_FORWARD = PrivateAttribute(
-    "trl.trainer.utils.add_fused_lm_head.<locals>",
-    "_fused_forward",
-    None,
-    "trl",
-    "Low-Entropy Masking under TRL's fused LM head",
-)
-
 TABLE: tuple[PrivateAttribute, ...] = (
     GET_BATCH_SAMPLES,
     GET_NUM_ITEMS_IN_BATCH,
     PREPARE_DATASET,
     SKIP_PREPARE_DATASET,
     IS_VISION_DATASET,
-    FUSED_LM_HEAD_FORWARD,
 )
 
 
@@ -151,18 +136,6 @@ def skips_dataset_preparation(trainer: Any) -> bool:
         return bool(kept)
     kwargs = getattr(trainer.args, "dataset_kwargs", None) or {}
     return bool(kwargs.get("skip_prepare_dataset", False) or getattr(trainer, IS_VISION_DATASET.name, False))
-
-
-def is_fused_lm_head_forward(forward: Any) -> bool:
-    """Whether ``forward`` (a model's instance ``forward``) is the wrapper TRL's ``add_fused_lm_head`` installs.
-
-    ``functools.wraps`` gives it the model's own name, module and signature, so it is told by its code object: the
-    function TRL defines inside ``add_fused_lm_head``, in TRL's ``trainer/utils.py`` (trl 1.15 and later)."""
-    code = getattr(getattr(forward, "__func__", forward), "__code__", None)
-    if code is None or code.co_name != FUSED_LM_HEAD_FORWARD.name:
-        return False
-    path = code.co_filename.replace("\\", "/")
-    return path.endswith("/trl/trainer/utils.py")
 
 
 # The first TRL whose SFTTrainer computes its loss from the fused LM head (`add_fused_lm_head`).

@@ -13,7 +13,7 @@ from slowed_plugin import SLowEDCallback
 from slowed_plugin.config import SLowEDConfig
 from slowed_plugin.core.masking import IGNORE_INDEX, mask_low_entropy_targets, token_entropy
 from slowed_plugin.trainer.loss import MaskedCausalLMLoss
-from slowed_plugin.trainer.patches import Patches, install_masked_forward, keep_masked_forward_outermost
+from slowed_plugin.trainer.patches import Patches, install_masked_forward, redirect_fused_lm_head
 from slowed_plugin.trainer.private_api import fused_lm_head_trl
 
 NO_FUSED_HEAD = "TRL < 1.15 has no fused LM head (trl.trainer.utils.add_fused_lm_head)"
@@ -84,7 +84,7 @@ def _batch(tokenizer, cot_rows):
 @pytest.mark.skipif(not fused_lm_head_trl(), reason=NO_FUSED_HEAD)
 @pytest.mark.parametrize("scope", ["sequence", "batch"])
 def test_fused_answer_is_trls_fused_head_on_the_masked_labels(llama_dir, tokenizer, cot_rows, scope):
-    """SLowED's answer to `fused_lm_head=True` (on top of TRL's head, as SFTTrainer leaves it at train begin) equals,
+    """SLowED's answer to `fused_lm_head=True` (sent down through TRL's head, as SFTTrainer leaves it) equals,
     field for field and in the gradient, what TRL's own fused head returns when the dropped targets are -100."""
     model, add_fused_lm_head = _fused_model(llama_dir)
     outputs = ("log_probs", "entropy", "is_top1")
@@ -98,8 +98,8 @@ def test_fused_answer_is_trls_fused_head_on_the_masked_labels(llama_dir, tokeniz
     )
     install_masked_forward(patches, model, masked_loss)  # at on_init_end, before SFTTrainer adds its head
     add_fused_lm_head(model, outputs=outputs)
-    assert keep_masked_forward_outermost(patches, model, masked_loss)
-    assert not keep_masked_forward_outermost(patches, model, masked_loss)  # once on top, it stays
+    assert redirect_fused_lm_head(patches, model, masked_loss)  # at train begin
+    assert not redirect_fused_lm_head(patches, model, masked_loss)  # once on top, it stays
 
     input_ids, attention_mask, labels = _batch(tokenizer, cot_rows)
     ours = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
@@ -147,14 +147,15 @@ def test_the_fused_heads_entropies_are_slowed_s_up_to_rounding(llama_dir, tokeni
 
 
 @pytest.mark.skipif(not fused_lm_head_trl(), reason=NO_FUSED_HEAD)
-def test_sft_trainer_trains_masked_through_the_fused_head(llama_dir, cot_rows, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_sft_trainer_trains_masked_through_the_fused_head(llama_dir, cot_rows, tmp_path, bf16):
     """The symptom of issue 30: at trl 1.16 SLowED stopped at the first optimizer step ("Low-Entropy Masking did not
-    run"). Now it trains, TRL's metrics come from the masked fields, and train end leaves TRL's head in place."""
+    run"). Now it trains, also under accelerate's autocast wrapper (on top of TRL's head, mixed precision), TRL's
+    metrics come from the masked fields, and train end leaves the model's forward without a SLowED layer on top."""
     callback = SLowEDCallback(tau=0.05, mask_ratio=0.5)
-    trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path, [callback], max_steps=2)
+    trainer = sft_trainer(llama_dir, cot_rows[:8], tmp_path, [callback], max_steps=2, bf16=bf16)
     trainer.train()
     assert all(0.4 < f <= 0.5 for f in history(trainer, "slowed/masked_fraction"))
     assert len(history(trainer, "entropy")) == 2 and len(history(trainer, "mean_token_accuracy")) == 2
-    from slowed_plugin.trainer.private_api import is_fused_lm_head_forward
-
-    assert is_fused_lm_head_forward(vars(trainer.model.get_base_model())["forward"])
+    outermost = vars(trainer.model.get_base_model())["forward"]
+    assert not getattr(getattr(outermost, "__func__", outermost), "slowed_forward", False)
