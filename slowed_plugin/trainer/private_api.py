@@ -19,12 +19,12 @@ attribute                              checked                      what SLowED 
                                                                     must count ``shift_labels`` where a batch has
                                                                     them (up to 5.9 it counted ``labels``: wrong
                                                                     numbers, hence the transformers floor)
-``trl.SFTTrainer._prepare_dataset``    trl 1.4.0, 1.9.0, 1.14.2     called (safety anchor): the anchor rows are
+``trl.SFTTrainer._prepare_dataset``    trl 1.4.0, 1.9.0, 1.16.0     called (safety anchor): the anchor rows are
                                                                     tokenized as the training set was
-``trl.SFTTrainer``                     trl 1.9.0, 1.14.2 (not 1.4)  read (safety anchor): whether TRL skipped data
+``trl.SFTTrainer``                     trl 1.9.0, 1.16.0 (not 1.4)  read (safety anchor): whether TRL skipped data
 ``._skip_prepare_dataset``                                          preparation; absent: derived as TRL 1.4.0 does,
                                                                     from ``args`` and the next row
-``trl.SFTTrainer._is_vision_dataset``  trl 1.4.0, 1.9.0, 1.14.2     read (safety anchor), only where the row above
+``trl.SFTTrainer._is_vision_dataset``  trl 1.4.0, 1.9.0, 1.16.0     read (safety anchor), only where the row above
                                                                     is absent; absent too: False
 =====================================  ===========================  =================================================
 """
