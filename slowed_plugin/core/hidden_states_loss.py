@@ -26,6 +26,7 @@ with an error that says what to do; the logits path (:mod:`slowed_plugin.core.lo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -82,13 +83,31 @@ def head_row_stats(
 _CPU_VOCAB_BLOCK = 8192
 
 
+@functools.lru_cache(maxsize=1)
+def _native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as torch reports it; False when torch cannot
+    tell."""
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(torch.cpu, name, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # a platform where torch cannot query the CPU: take the safe path
+            pass
+    return False
+
+
 def _float32_blocks(t: torch.Tensor) -> bool:
-    """Whether a head product on ``t``'s dtype and device runs in float32 blocks instead: half precision on a CPU.
-    There a bf16 matmul that contracts over the vocabulary (the backward's ``g @ W``, ``g.t() @ h``) may take a slow
-    path: on an AMD EPYC (Zen 3, no native bf16) one (128 x 151,936) @ (151,936 x 896) product took 94 s in bf16
-    against 0.36 s in float32, and ``g.t() @ h`` 5.9 s against 0.44 s (issue 30). A float32 product rounded once is
-    also what a bf16 matmul with float32 accumulation computes, up to summation order."""
-    return t.device.type == "cpu" and t.dtype in (torch.bfloat16, torch.float16)
+    """Whether a head product on ``t``'s dtype and device runs in float32 blocks instead: bf16 on a CPU without
+    native bf16, and fp16 on any CPU. There a half-precision matmul that contracts over the vocabulary (the
+    backward's ``g @ W``, ``g.t() @ h``) takes a slow path: on an AMD EPYC (Zen 3) one (128 x 151,936) @
+    (151,936 x 896) product took 94 s in bf16 against 0.36 s in float32, and ``g.t() @ h`` 5.9 s against 0.44 s
+    (issue 30). On a CPU with AMX the bf16 products are the faster ones (0.04-0.06 s against 0.14-0.19 s in float32
+    blocks, docs/performance.md), so they stay. A float32 product rounded once is what a bf16 matmul with float32
+    accumulation computes, up to summation order."""
+    if t.device.type != "cpu":
+        return False
+    return t.dtype == torch.float16 or (t.dtype == torch.bfloat16 and not _native_cpu_bf16())
 
 
 def _rows_times_head(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
