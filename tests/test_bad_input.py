@@ -255,6 +255,11 @@ def _settings(config) -> dict:
 # (slowed value, SFTConfig keywords, fragments): trainer settings under which SLowED would not run as set.
 TRL_CONFLICTS = {
     "dft loss": ([10, 0.2], {"loss_type": "dft"}, ["`loss_type='dft'`", "`loss_type='nll'`", "`mask_ratio=0`"]),
+    "unknown loss type": (
+        [10, 0.2],
+        {"loss_type": "focal"},
+        ["`loss_type='focal'`", "`loss_type='nll'`", "`mask_ratio=0`"],
+    ),
     "liger": ([10, 0.2], {"use_liger_kernel": True}, ["`use_liger_kernel=True`", "=False", "`mask_ratio=0`"]),
     "label smoothing": (
         [10, 0.2],
@@ -292,6 +297,7 @@ TRL_ACCEPTED = {
     "deepspeed zero2": ([10, 0.2], {"deepspeed": {"zero_optimization": {"stage": 2}}}),
     "deepspeed zero3": ([10, 0.2], {"deepspeed": {"zero_optimization": {"stage": 3}}}),
     "label smoothing without masking": ([10, 0], {"label_smoothing_factor": 0.1}),
+    "unknown loss type without masking": ([10, 0], {"loss_type": "focal"}),
 }
 
 # (Axolotl keys, fragments): settings SLowED refuses at Axolotl's config validation.

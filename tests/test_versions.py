@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -123,46 +124,78 @@ def test_floor_pins_are_the_lower_bounds():
         assert next(f for f in version_findings() if f.package == name).floor == floor
 
 
-def test_trl_with_the_fused_lm_head_loss_is_refused_before_any_model(monkeypatch):
-    """TRL 1.15 computes the loss from per-token log-probs of a fused LM head: masking would not reach it, so the
-    range stops below it and the refusal comes at the callback, not at the first optimizer step."""
+def test_trl_above_the_newest_tested_is_refused_before_any_model(monkeypatch):
+    """TRL 1.15 moved SFT's loss to a fused LM head, which SLowED masks (tests/trainer/test_fused_head.py) up to
+    the newest TRL CI tests (1.16); a later TRL may change that head again, so it is refused at the callback, not
+    at the first optimizer step."""
     from slowed_plugin import SLowEDCallback
 
     trl = next(f for f in version_findings() if f.package == "trl")
-    assert trl.floor == "1.4.0" and not versions._inside("1.15.0", SpecifierSet(trl.supported))
-    assert versions._inside("1.14.2", SpecifierSet(trl.supported))
-    _pretend(monkeypatch, trl="1.16.0")
+    assert trl.floor == "1.4.0" and not versions._inside("1.17.0", SpecifierSet(trl.supported))
+    assert all(versions._inside(v, SpecifierSet(trl.supported)) for v in ("1.9.0", "1.14.2", "1.15.0", "1.16.0"))
+    _pretend(monkeypatch, trl="1.17.0")
     with pytest.raises(UnsupportedVersionError) as caught:
         SLowEDCallback(tau=10.0, mask_ratio=0.2)
     message = str(caught.value)
-    assert "\n" not in message and "trl 1.16.0" in message and "<1.15" in message
+    assert "\n" not in message and "trl 1.17.0" in message and "<1.17" in message
 
 
 # ---------------------------------------------------------------------------------------------- README
-def _tested_with() -> dict[str, dict[str, str]]:
-    """The README's "Tested with" line: {"floors": {package: version}, "newest": {...}}."""
+COLUMNS = ("floors", "main", "newest")
+
+
+def _tested_with() -> dict[str, dict[str, str | None]]:
+    """The README's "Tested with" table: {"floors" | "main" | "newest": {package: version, or None for "—"}}."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     match = re.search(
-        r"^Tested with: floors (.*?); newest CI-tested \(the main job: Axolotl's pins, DeepSpeed's newest\) (.*?)\.$",
+        r"^\| package \| floors \(`scripts/floors\.sh`\) \| main job \(Axolotl's pins, DeepSpeed's newest\) "
+        r"\| newest \(`scripts/newest\.sh`\) \|\n\|[- |]+\|\n((?:\|.*\|\n)+)",
         text,
         re.M,
     )
-    assert match, "README.md lost its 'Tested with: floors ...; newest CI-tested ...' line"
+    assert match, "README.md lost its 'Tested with' table (package | floors | main job | newest)"
+    table: dict[str, dict[str, str | None]] = {column: {} for column in COLUMNS}
+    for line in match.group(1).splitlines():
+        package, *cells = (cell.strip() for cell in line.strip("|").split("|"))
+        assert len(cells) == len(COLUMNS), line
+        for column, cell in zip(COLUMNS, cells, strict=True):
+            table[column][package] = None if cell == "—" else cell
+    assert tuple(table["floors"]) == STACK, "the table names the packages of the floors job, in its order"
+    return table
 
-    def parse(part: str) -> dict[str, str]:
-        return dict(re.fullmatch(r"(\S+) (\S+)", item.strip()).groups() for item in part.split(","))
 
-    return {"floors": parse(match.group(1)), "newest": parse(match.group(2))}
+def _installed_versions(packages) -> dict[str, str | None]:
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name).split("+")[0]
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {name: version(name) for name in packages}
 
 
 def test_readme_floors_are_pyprojects():
     assert _tested_with()["floors"] == dict(p.split("==") for p in versions.floor_pins(packages=STACK))
 
 
-def test_readme_newest_is_what_the_main_job_installs():
+def test_readme_main_column_is_what_the_main_job_installs():
     require("axolotl", "axolotl")  # the main job's venv (setup.sh) has Axolotl, whose pins these are
-    installed = {name: importlib.metadata.version(name).split("+")[0] for name in _tested_with()["newest"]}
-    assert _tested_with()["newest"] == installed
+    main = _tested_with()["main"]
+    assert main == _installed_versions(main)
+
+
+def test_readme_newest_column_is_inside_the_ranges():
+    for package, version in _tested_with()["newest"].items():
+        spec, _ = versions.supported_ranges()[package]
+        assert version is None or versions._inside(version, spec), (package, version, str(spec))
+
+
+@pytest.mark.skipif(
+    not os.environ.get("SLOWED_NEWEST_JOB"), reason="only the newest job's venv (scripts/newest.sh) holds the newest"
+)
+def test_readme_newest_column_is_what_the_newest_job_installs():
+    newest = _tested_with()["newest"]
+    assert newest == _installed_versions(newest)
 
 
 def test_ci_runs_the_floors_job_after_the_main_job():
@@ -172,3 +205,13 @@ def test_ci_runs_the_floors_job_after_the_main_job():
     assert "tests/test_versions.py" in floors and f"--floors {' '.join(STACK)})" in floors
     # DeepSpeed's floor is tested by the two-process ZeRO runs (slow tests), not only imported by the fast ones.
     assert '"tests/trainer/test_deepspeed.py::test_zero_lora_matches_one_process[2]"' in floors
+
+
+def test_ci_runs_the_newest_job_after_the_floors_job():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.index("\nscripts/floors.sh\n") < ci.index("\nscripts/newest.sh\n")
+    newest = (ROOT / "scripts" / "newest.sh").read_text()
+    # The fast tests without Axolotl, the exactness tests of every loss path among them, and this file's README check.
+    for part in ("tests/core", "tests/trainer", "tests/test_versions.py", "SLOWED_NEWEST_JOB=1", "torch==2.13.0"):
+        assert part in newest, part
+    assert "transformers trl peft accelerate datasets" in newest and "--upgrade" in newest

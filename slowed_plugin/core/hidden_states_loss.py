@@ -26,13 +26,16 @@ with an error that says what to do; the logits path (:mod:`slowed_plugin.core.lo
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from . import kernels
 from .kernels import check_targets, normalise
 from .lm_head import lm_head_parameters
-from .masking import IGNORE_INDEX, MaskStats, check_finite, select_mask, shifted_targets
+from .masking import IGNORE_INDEX, MaskStats, TokenLosses, check_finite, select_mask, shifted_targets
 
 # Rows of logits per chunk, as TRL's chunked_nll (_CHUNKED_LM_HEAD_CHUNK_SIZE).
 DEFAULT_CHUNK_SIZE = 256
@@ -75,6 +78,60 @@ def head_row_stats(
     return lse, entropy, target_logit, hit
 
 
+# Vocabulary rows per float32 block of the backward's head products on a CPU in half precision (8,192 x 896 x 4 B =
+# 29 MB of float32 head for Qwen2.5-0.5B): the float32 copies stay small whatever the vocabulary.
+_CPU_VOCAB_BLOCK = 8192
+
+
+@functools.lru_cache(maxsize=1)
+def _native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as torch reports it; False when torch cannot
+    tell."""
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        check = getattr(torch.cpu, name, None)
+        try:
+            if check is not None and check():
+                return True
+        except Exception:  # a platform where torch cannot query the CPU: take the safe path
+            pass
+    return False
+
+
+def _float32_blocks(t: torch.Tensor) -> bool:
+    """Whether a head product on ``t``'s dtype and device runs in float32 blocks instead: bf16 on a CPU without
+    native bf16, and fp16 on any CPU. There a half-precision matmul that contracts over the vocabulary (the
+    backward's ``g @ W``, ``g.t() @ h``) takes a slow path: on an AMD EPYC (Zen 3) one (128 x 151,936) @
+    (151,936 x 896) product took 94 s in bf16 against 0.36 s in float32, and ``g.t() @ h`` 5.9 s against 0.44 s
+    (issue 30). On a CPU with AMX the bf16 products are the faster ones (0.04-0.06 s against 0.14-0.19 s in float32
+    blocks, docs/performance.md), so they stay. A float32 product rounded once is what a bf16 matmul with float32
+    accumulation computes, up to summation order."""
+    if t.device.type != "cpu":
+        return False
+    return t.dtype == torch.float16 or (t.dtype == torch.bfloat16 and not _native_cpu_bf16())
+
+
+def _rows_times_head(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``g @ weight`` for ``g`` (R, V) and ``weight`` (V, H), in ``g``'s dtype."""
+    if not _float32_blocks(g):
+        return g @ weight
+    out = torch.zeros(g.shape[0], weight.shape[1], dtype=torch.float32, device=g.device)
+    for start in range(0, weight.shape[0], _CPU_VOCAB_BLOCK):
+        part = slice(start, start + _CPU_VOCAB_BLOCK)
+        out.addmm_(g[:, part].float(), weight[part].float())
+    return out.to(g.dtype)
+
+
+def _add_head_grad(grad_weight: torch.Tensor, g: torch.Tensor, h: torch.Tensor) -> None:
+    """``grad_weight += g.t() @ h`` in ``grad_weight``'s dtype, rounded once."""
+    if not _float32_blocks(grad_weight):
+        grad_weight.addmm_(g.t().to(grad_weight.dtype), h.to(grad_weight.dtype))
+        return
+    hf = h.float()
+    for start in range(0, grad_weight.shape[0], _CPU_VOCAB_BLOCK):
+        block = grad_weight[start : start + _CPU_VOCAB_BLOCK]
+        block.copy_(torch.addmm(block.float(), g[:, start : start + _CPU_VOCAB_BLOCK].t().float(), hf))
+
+
 class _KeptRowsCE(torch.autograd.Function):
     """Cross-entropy of the kept rows (already known from pass 1); the backward recomputes their logits."""
 
@@ -102,10 +159,10 @@ class _KeptRowsCE(torch.autograd.Function):
             # In place: the chunk's logits become d loss / d logits in the same buffer.
             kernels.KERNELS.grad_into(g, lse[part], targets[part], grad_ce[part], g, logit_scale, softcap)
             if need_hidden:
-                grad_hidden.index_copy_(0, idx, g @ weight_c)
+                grad_hidden.index_copy_(0, idx, _rows_times_head(g, weight_c))
             if need_weight:
                 # Accumulated in the weight's dtype, one rounding per chunk (as TRL's chunked_nll).
-                grad_weight.addmm_(g.t().to(weight.dtype), h.to(weight.dtype))
+                _add_head_grad(grad_weight, g, h)
             if need_bias:
                 grad_bias += g.sum(0, dtype=torch.float32)
             del g, h
@@ -114,32 +171,61 @@ class _KeptRowsCE(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
-def chunked_masked_causal_lm_loss(
+@dataclass
+class _Rows:
+    """Pass 1 and the mask, per candidate row of the flattened (B*T, H) hidden states."""
+
+    hidden: torch.Tensor  # (B*T, H)
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    shape: tuple[int, int]  # (B, T)
+    drop_last: int  # 1 for unshifted labels: the last position predicts nothing
+    rows: torch.Tensor  # flat indices of the candidates
+    row_targets: torch.Tensor
+    lse: torch.Tensor
+    target_logit: torch.Tensor
+    hit: torch.Tensor
+    entropy: torch.Tensor  # per candidate row
+    keep: torch.Tensor  # per candidate row
+    stats: MaskStats | None
+    extra: dict[str, torch.Tensor]
+
+    def kept_ce(self, chunk_size: int, logit_scale: float, softcap: float | None) -> torch.Tensor:
+        """Cross-entropy of each kept row (differentiable; the backward recomputes only their logits)."""
+        keep = self.keep
+        return _KeptRowsCE.apply(
+            self.hidden,
+            self.weight,
+            self.bias,
+            self.rows[keep],
+            self.row_targets[keep],
+            self.lse[keep],
+            (self.lse - self.target_logit)[keep],
+            chunk_size,
+            float(logit_scale),
+            softcap,
+        )
+
+    def connected_zero(self) -> torch.Tensor:
+        """A float32 zero that reaches every input (DDP/FSDP expect every gradient)."""
+        zero = self.hidden.sum() * 0.0 + self.weight.sum() * 0.0
+        if self.bias is not None:
+            zero = zero + self.bias.sum() * 0.0
+        return zero.float()
+
+
+def _masked_rows(
     hidden_states: torch.Tensor,
     lm_head: nn.Module | torch.Tensor,
     labels: torch.Tensor | None,
     mask_ratio: float,
-    scope: str = "sequence",
-    num_items_in_batch: torch.Tensor | int | None = None,
-    position_ids: torch.Tensor | None = None,
-    shift_labels: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    logit_scale: float = 1.0,
-    final_logit_softcapping: float | None = None,
-) -> tuple[torch.Tensor, MaskStats | None, dict[str, torch.Tensor]]:
-    """Masked causal-LM loss from hidden states (B, T, H) and ``lm_head``: ``(loss, stats, extra)``.
-
-    The loss, its gradient and ``stats`` are those of
-    :func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
-    (scaled and soft-capped as given): same labels conventions, same mask, same division by
-    ``num_items_in_batch`` (clamped to >= 1) or by the kept count, and a zero loss connected to
-    every input when a micro-batch keeps nothing and no ``num_items_in_batch`` is given.
-    ``mask_ratio=0`` keeps every target (stats ``None``, as the reference), but it is computed
-    in chunks, so it equals ``ForCausalLMLoss`` up to rounding rather than bit for bit.
-
-    ``extra`` holds what TRL's ``chunked_nll`` metrics read: ``num_valid_tokens`` (candidates),
-    ``entropy_sum`` and ``num_correct_tokens`` (argmax == target), over candidates, as tensors.
-    """
+    scope: str,
+    position_ids: torch.Tensor | None,
+    shift_labels: torch.Tensor | None,
+    chunk_size: int,
+    logit_scale: float,
+    final_logit_softcapping: float | None,
+) -> _Rows:
     if hidden_states.dim() != 3:
         raise ValueError(f"`hidden_states` must be (batch, seq, hidden); got shape {tuple(hidden_states.shape)}.")
     if chunk_size < 1:
@@ -193,30 +279,126 @@ def chunked_masked_causal_lm_loss(
         "entropy_sum": entropy_sum,
         "num_correct_tokens": hit.sum().float(),
     }
-
-    kept_count = keep.sum()
-    if num_items_in_batch is None and int(kept_count) == 0:
-        # Nothing to learn: a zero loss that still reaches every input (DDP/FSDP expect every grad).
-        loss = hidden_states.sum() * 0.0 + weight.sum() * 0.0
-        if bias is not None:
-            loss = loss + bias.sum() * 0.0
-        return loss.float(), stats, extra
-
-    kept_rows = rows[keep]
-    ce = _KeptRowsCE.apply(
+    return _Rows(
         hidden,
         weight,
         bias,
-        kept_rows,
-        row_targets[keep],
-        lse[keep],
-        (lse - target_logit)[keep],
+        (batch, width),
+        drop_last,
+        rows,
+        row_targets,
+        lse,
+        target_logit,
+        hit,
+        entropy_c,
+        keep,
+        stats,
+        extra,
+    )
+
+
+def chunked_masked_causal_lm_loss(
+    hidden_states: torch.Tensor,
+    lm_head: nn.Module | torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str = "sequence",
+    num_items_in_batch: torch.Tensor | int | None = None,
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    logit_scale: float = 1.0,
+    final_logit_softcapping: float | None = None,
+) -> tuple[torch.Tensor, MaskStats | None, dict[str, torch.Tensor]]:
+    """Masked causal-LM loss from hidden states (B, T, H) and ``lm_head``: ``(loss, stats, extra)``.
+
+    The loss, its gradient and ``stats`` are those of
+    :func:`slowed_plugin.trainer.reference_loss.masked_causal_lm_loss` on ``logits = lm_head(hidden_states)``
+    (scaled and soft-capped as given): same labels conventions, same mask, same division by
+    ``num_items_in_batch`` (clamped to >= 1) or by the kept count, and a zero loss connected to
+    every input when a micro-batch keeps nothing and no ``num_items_in_batch`` is given.
+    ``mask_ratio=0`` keeps every target (stats ``None``, as the reference), but it is computed
+    in chunks, so it equals ``ForCausalLMLoss`` up to rounding rather than bit for bit.
+
+    ``extra`` holds what TRL's ``chunked_nll`` metrics read: ``num_valid_tokens`` (candidates),
+    ``entropy_sum`` and ``num_correct_tokens`` (argmax == target), over candidates, as tensors.
+    """
+    r = _masked_rows(
+        hidden_states,
+        lm_head,
+        labels,
+        mask_ratio,
+        scope,
+        position_ids,
+        shift_labels,
         chunk_size,
-        float(logit_scale),
+        logit_scale,
         final_logit_softcapping,
     )
-    loss = normalise(ce.sum(), kept_count, num_items_in_batch)
-    return loss, stats, extra
+    kept_count = r.keep.sum()
+    if num_items_in_batch is None and int(kept_count) == 0:
+        return r.connected_zero(), r.stats, r.extra  # nothing to learn
+    ce = r.kept_ce(chunk_size, logit_scale, final_logit_softcapping)
+    return normalise(ce.sum(), kept_count, num_items_in_batch), r.stats, r.extra
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "chunked_masked_causal_lm_loss", "head_row_stats", "lm_head_parameters"]
+def chunked_masked_token_losses(
+    hidden_states: torch.Tensor,
+    lm_head: nn.Module | torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str = "sequence",
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    logit_scale: float = 1.0,
+    final_logit_softcapping: float | None = None,
+) -> tuple[TokenLosses, MaskStats | None]:
+    """The per-target form of :func:`chunked_masked_causal_lm_loss`: what TRL's fused LM head returns (per-token
+    log-probs, entropy, argmax hit, label mask) on the labels with the dropped targets set to -100.
+
+    ``tokens.nll.sum()`` divided by the kept count (or ``num_items_in_batch``) is
+    :func:`chunked_masked_causal_lm_loss`; the mask is the same one (SLowED's entropies from pass 1). A micro-batch
+    that keeps nothing gives zeros still connected to every input.
+    """
+    r = _masked_rows(
+        hidden_states,
+        lm_head,
+        labels,
+        mask_ratio,
+        scope,
+        position_ids,
+        shift_labels,
+        chunk_size,
+        logit_scale,
+        final_logit_softcapping,
+    )
+    batch, width = r.shape
+    device = r.hidden.device
+    kept_rows = r.rows[r.keep]
+    nll = torch.zeros(batch * width, dtype=torch.float32, device=device)
+    if kept_rows.numel():
+        nll = nll.index_put((kept_rows,), r.kept_ce(chunk_size, logit_scale, final_logit_softcapping))
+    else:
+        nll = nll + r.connected_zero()
+    kept = torch.zeros(batch * width, dtype=torch.bool, device=device)
+    kept[kept_rows] = True
+    entropy = torch.zeros(batch * width, dtype=torch.float32, device=device)
+    entropy[kept_rows] = r.entropy[r.keep]
+    hit = torch.zeros(batch * width, dtype=torch.bool, device=device)
+    hit[kept_rows] = r.hit[r.keep]
+    end = width - r.drop_last
+
+    def shaped(t: torch.Tensor) -> torch.Tensor:
+        return t.view(batch, width)[:, :end]
+
+    return TokenLosses(shaped(nll), shaped(kept), shaped(entropy), shaped(hit)), r.stats
+
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "chunked_masked_causal_lm_loss",
+    "chunked_masked_token_losses",
+    "head_row_stats",
+    "lm_head_parameters",
+]

@@ -26,7 +26,7 @@ import torch
 
 from . import kernels
 from .kernels import check_targets, normalise
-from .masking import IGNORE_INDEX, select_mask, shifted_targets
+from .masking import IGNORE_INDEX, MaskStats, TokenLosses, select_mask, shifted_targets
 
 # Logit elements per chunk of rows (~8M: 64 rows of a 151,936 vocabulary, 256 rows of 32,000).
 _CHUNK_ELEMENTS = 1 << 23
@@ -176,4 +176,46 @@ def fused_masked_causal_lm_loss(
     return loss, stats, extra
 
 
-__all__ = ["default_chunk_rows", "fused_masked_causal_lm_loss"]
+def fused_masked_token_losses(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    mask_ratio: float,
+    scope: str = "sequence",
+    position_ids: torch.Tensor | None = None,
+    shift_labels: torch.Tensor | None = None,
+    *,
+    chunk_rows: int | None = None,
+) -> tuple[TokenLosses, MaskStats | None]:
+    """The per-target form of :func:`fused_masked_causal_lm_loss` (same mask, same cross-entropy): what TRL's fused
+    LM head returns on the labels with the dropped targets set to -100 (see :class:`~.masking.TokenLosses`)."""
+    if logits.dim() != 3:
+        raise ValueError(f"`logits` must be (batch, seq, vocab); got shape {tuple(logits.shape)}.")
+    targets, drop_last = shifted_targets(labels, shift_labels)
+    batch, width, vocab = logits.shape
+    if targets.shape != (batch, width - drop_last):
+        raise ValueError(f"labels of shape {tuple(targets.shape)} do not match logits of shape {tuple(logits.shape)}.")
+    targets = targets.to(logits.device)
+    check_targets(targets, vocab)
+    full = torch.nn.functional.pad(targets, (0, drop_last), value=IGNORE_INDEX) if drop_last else targets
+    active = (full != IGNORE_INDEX).reshape(-1)
+    flat_logits = logits.reshape(-1, vocab) if logits.is_contiguous() else logits.contiguous().view(-1, vocab)
+    ce, entropy, hit = _FusedEntropyCE.apply(
+        flat_logits, full.reshape(-1), active, chunk_rows or default_chunk_rows(vocab)
+    )
+    end = width - drop_last
+    entropy = entropy.view(batch, width)[:, :end]
+    if mask_ratio == 0:
+        stats, candidates = None, targets != IGNORE_INDEX
+        kept = candidates
+    else:
+        candidates, dropped, stats = select_mask(entropy, targets, mask_ratio, scope, position_ids, drop_last == 1)
+        kept = candidates & ~dropped
+    # `where`, not indexing: the zeros stay connected to the logits (a micro-batch that keeps nothing still has a
+    # gradient, of zeros).
+    nll = torch.where(kept, ce.view(batch, width)[:, :end], 0.0)
+    zero = torch.zeros((), dtype=entropy.dtype, device=entropy.device)
+    tokens = TokenLosses(nll, kept, torch.where(kept, entropy, zero), hit.view(batch, width)[:, :end] & kept)
+    return tokens, stats
+
+
+__all__ = ["default_chunk_rows", "fused_masked_causal_lm_loss", "fused_masked_token_losses"]

@@ -164,6 +164,17 @@ class MaskStats:
     entropy_sum: torch.Tensor
 
 
+@dataclass
+class TokenLosses:
+    """Per target position (B, T'), what TRL's fused LM head (``add_fused_lm_head``, TRL >= 1.15) returns for labels
+    whose dropped targets are set to -100: every field is zero (False) where the target is not kept."""
+
+    nll: torch.Tensor  # float32 -log p(target), differentiable; ``-nll`` is the fused head's ``log_probs``
+    kept: torch.Tensor  # bool: the target is in the loss (the fused head's ``label_mask``)
+    entropy: torch.Tensor  # float32, no gradient: SLowED's entropy of the kept targets' distributions
+    hit: torch.Tensor  # bool: the target is the argmax (the fused head's ``is_top1``)
+
+
 def check_finite(entropy: torch.Tensor, candidates: torch.Tensor) -> None:
     """Stop on NaN/inf logits at a training target before they reach the weights."""
     if not torch.isfinite(entropy[candidates]).all():

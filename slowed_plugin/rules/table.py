@@ -30,6 +30,7 @@ from .training import (
     relora_axolotl,
     sft_only_axolotl,
     tensor_parallel_axolotl,
+    unknown_loss_type_args,
 )
 
 RULES: tuple[Rule, ...] = (
@@ -121,6 +122,12 @@ RULES: tuple[Rule, ...] = (
         online_masking,
         "DFT reweights every token; masking is defined for the plain next-token loss.",
         trl_args=dft_args,
+    ),
+    Rule(
+        "a loss type SLowED masks",
+        online_masking,
+        "a loss TRL adds (computed from its fused LM head's per-token fields) would train unmasked.",
+        trl_args=unknown_loss_type_args,
     ),
     Rule(
         "no label smoothing",

@@ -148,6 +148,21 @@ def dft_args(args: TrainingArguments) -> str | None:
     return None
 
 
+# The `loss_type` values whose loss SLowED computes itself (TRL 1.4-1.14: chunked_nll and nll; TRL 1.15+: both
+# are the fused LM head's sum of -log p, which SLowED answers with the kept targets only); dft has its own rule.
+KNOWN_LOSS_TYPES = (None, "nll", "chunked_nll", "dft")
+
+
+def unknown_loss_type_args(args: TrainingArguments) -> str | None:
+    loss_type = getattr(args, "loss_type", None)
+    if loss_type not in KNOWN_LOSS_TYPES:
+        return (
+            f"SLowED's Low-Entropy Masking does not know `loss_type={loss_type!r}`, so it cannot mask that loss (it "
+            f"masks 'nll' and 'chunked_nll'). Use `loss_type='nll'`, or set {off(TRL, 'mask_ratio')}."
+        )
+    return None
+
+
 def label_smoothing_args(args: TrainingArguments) -> str | None:
     smoothing = getattr(args, "label_smoothing_factor", 0)
     if smoothing:

@@ -33,6 +33,7 @@ from .binding import calling_trainer
 from .checkpoint import REFERENCE_FILE, load_reference, save_reference
 from .loss import MaskedCausalLMLoss
 from .metrics import METRICS, SLowEDMetrics
+from .private_api import fused_lm_head_trl
 from .safety_anchor import Frontend, SafetyAnchor, trl_frontend
 
 __all__ = ["METRICS", "REFERENCE_FILE", "SLowEDCallback"]
@@ -104,7 +105,8 @@ class SLowEDCallback(TrainerCallback):
             self._loss = MaskedCausalLMLoss(
                 self.config,
                 causal,
-                getattr(trainer.args, "loss_type", None),
+                # Under TRL's fused LM head (1.15+) no loss type reads logits: the hidden-states path serves them all.
+                None if fused_lm_head_trl() else getattr(trainer.args, "loss_type", None),
                 self.metrics.record_mask,
                 lambda: trainer.state.global_step + 1,
             )
@@ -178,6 +180,9 @@ class SLowEDCallback(TrainerCallback):
             self.attach(trainer)
         elif not self.patches.active:  # a second `train()` after the first one's end undid the patches
             self._install()
+        if self._loss is not None and self.trainer.compute_loss_func is None and fused_lm_head_trl():
+            # TRL 1.15+ wrapped the forward with its fused LM head after SLowED attached: its calls are sent down.
+            patches.redirect_fused_lm_head(self.patches, self._loss.causal, self._loss)
         if self.config.online_masking:
             self._warmup_kernels(args)
         self._projections = []

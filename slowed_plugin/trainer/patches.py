@@ -11,7 +11,12 @@ what                           why                                     installed
 model ``forward``              the training loss over the kept         :func:`install_masked_       train end
                                targets (also bypasses TRL's            forward`
                                ``chunked_nll`` forward, which never
-                               builds logits)
+                               builds logits; answers TRL 1.15+'s
+                               ``fused_lm_head=True`` calls)
+model ``forward``, on top      TRL 1.15+'s ``SFTTrainer`` wraps the    :func:`redirect_fused_lm_    train end
+(TRL 1.15+)                    forward with its fused LM head after    head` (train begin)
+                               SLowED attached: its fused calls are
+                               sent down to the masked forward
 ``compute_loss`` and           a custom loss receives the masked       :func:`install_custom_       train end
 ``compute_loss_func``          labels (and the packed layout it is     loss_masking`
                                not handed)
@@ -61,7 +66,7 @@ from transformers import Trainer
 from ..config import SLowEDConfig
 from ..core.masking import MaskStats, kept_token_count
 from .checkpoint import is_checkpoint_dir
-from .loss import MaskedCausalLMLoss, masked_labels
+from .loss import MaskedCausalLMLoss, SLowEDFusedOutput, masked_labels
 from .private_api import GET_BATCH_SAMPLES, GET_NUM_ITEMS_IN_BATCH, require
 
 _MISSING = object()
@@ -157,24 +162,81 @@ class Patches:
 
 
 # ---------------------------------------------------------------------------------------------- the loss
+def _keep_signature(forward: Callable[..., Any], previous: Callable[..., Any]) -> None:
+    # `previous` is bound: re-add `self`, so that once the wrapper is bound its signature still starts with
+    # `input_ids` (Trainer._remove_unused_columns keeps only the columns that `forward` names).
+    signature = inspect.signature(previous)
+    owner = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    forward.__signature__ = signature.replace(parameters=[owner, *signature.parameters.values()])
+    forward.slowed_forward = True  # recognised by `redirect_fused_lm_head`
+
+
+def _is_slowed_forward(forward: Any) -> bool:
+    return getattr(getattr(forward, "__func__", forward), "slowed_forward", False)
+
+
 def install_masked_forward(patches: Patches, causal: torch.nn.Module, loss: MaskedCausalLMLoss) -> None:
-    """``causal.forward`` computes :class:`MaskedCausalLMLoss` in training steps that pass labels."""
+    """``causal.forward`` computes :class:`MaskedCausalLMLoss` in training steps that pass labels; a call of TRL
+    1.15+'s fused LM head (``fused_lm_head=True``, or one :func:`redirect_fused_lm_head` sends down) gets the masked
+    per-token fields (:meth:`MaskedCausalLMLoss.fused`)."""
 
     def make(previous: Callable[..., Any]) -> Callable[..., Any]:
-        def forward(self_model, *args, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        def forward(
+            self_model, *args, labels=None, shift_labels=None, num_items_in_batch=None, fused_lm_head=False, **kwargs
+        ):
             if not patches.active or not self_model.training or (labels is None and shift_labels is None):
                 passed = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items_in_batch}
+                if fused_lm_head:  # only TRL's fused head knows the keyword: passed on only when given
+                    passed["fused_lm_head"] = True
                 return previous(*args, **kwargs, **{k: v for k, v in passed.items() if v is not None})
+            if fused_lm_head or loss.fused_call:
+                return loss.fused(previous, args, kwargs, labels, shift_labels, num_items_in_batch)
             return loss(previous, args, kwargs, labels, shift_labels, num_items_in_batch)
 
-        # `previous` is bound: re-add `self`, so that once the wrapper is bound its signature still starts with
-        # `input_ids` (Trainer._remove_unused_columns keeps only the columns that `forward` names).
-        signature = inspect.signature(previous)
-        owner = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        forward.__signature__ = signature.replace(parameters=[owner, *signature.parameters.values()])
+        _keep_signature(forward, previous)
         return types.MethodType(forward, causal)
 
     patches.replace(causal, "forward", make)
+
+
+def redirect_fused_lm_head(patches: Patches, causal: torch.nn.Module, loss: MaskedCausalLMLoss) -> bool:
+    """With TRL 1.15+, send TRL's fused-LM-head calls down to the masked forward. Called at train begin; returns
+    whether it installed (not when a SLowED forward is already the outermost one).
+
+    TRL 1.15+'s ``SFTTrainer`` wraps the model's forward with its fused LM head (``add_fused_lm_head``) at the end of
+    its ``__init__``, after the callbacks' ``on_init_end`` installed the masked forward; accelerate may then wrap it
+    again for mixed precision. A ``fused_lm_head=True`` call runs the backbone and the head inside TRL's wrapper and
+    never reaches the layer below. This layer, on top, turns such a training call into a plain labelled call down
+    the same chain (accelerate's autocast included; TRL's wrapper hands a call without ``fused_lm_head`` to the
+    forward it wrapped), flagged so that the masked forward answers it with the fused fields. A call that comes
+    back without them stops with one line instead of training unmasked.
+    """
+    if _is_slowed_forward(vars(causal).get("forward")):
+        return False
+
+    def make(previous: Callable[..., Any]) -> Callable[..., Any]:
+        def forward(self_model, *args, fused_lm_head=False, **kwargs):
+            labelled = kwargs.get("labels") is not None or kwargs.get("shift_labels") is not None
+            if not (fused_lm_head and patches.active and self_model.training and labelled):
+                return previous(*args, **kwargs, **({"fused_lm_head": True} if fused_lm_head else {}))
+            loss.fused_call = True
+            try:
+                outputs = previous(*args, **kwargs)
+            finally:
+                loss.fused_call = False
+            if not isinstance(outputs, SLowEDFusedOutput):
+                raise RuntimeError(
+                    "SLowED: TRL's fused LM head call did not reach SLowED's masked loss (the model's forward returned "
+                    f"{type(outputs).__name__}), so it would train unmasked. Remove the component that wraps the "
+                    "model's forward, or set `mask_ratio: 0`."
+                )
+            return outputs
+
+        _keep_signature(forward, previous)
+        return types.MethodType(forward, causal)
+
+    patches.replace(causal, "forward", make)
+    return True
 
 
 def install_custom_loss_masking(

@@ -6,7 +6,7 @@ through :func:`require` (called where SLowED uses it, when it attaches): a missi
 parameters are not a signature listed here, stops SLowED with one line instead of computing something else.
 "checked" names the versions SLowED's tests passed with: the floors job (pyproject's lower bounds), the main job
 (Axolotl's pins) and ``scripts/newest.sh`` (the newest releases the ranges allow; last run: transformers 5.25.0,
-trl 1.14.2). Nothing outside this table reads a private
+trl 1.16.0). Nothing outside this table reads a private
 attribute of transformers or TRL (``tests/trainer/test_private_api.py`` greps the package for it).
 
 =====================================  ===========================  =================================================
@@ -19,12 +19,12 @@ attribute                              checked                      what SLowED 
                                                                     must count ``shift_labels`` where a batch has
                                                                     them (up to 5.9 it counted ``labels``: wrong
                                                                     numbers, hence the transformers floor)
-``trl.SFTTrainer._prepare_dataset``    trl 1.4.0, 1.9.0, 1.14.2     called (safety anchor): the anchor rows are
+``trl.SFTTrainer._prepare_dataset``    trl 1.4.0, 1.9.0, 1.16.0     called (safety anchor): the anchor rows are
                                                                     tokenized as the training set was
-``trl.SFTTrainer``                     trl 1.9.0, 1.14.2 (not 1.4)  read (safety anchor): whether TRL skipped data
+``trl.SFTTrainer``                     trl 1.9.0, 1.16.0 (not 1.4)  read (safety anchor): whether TRL skipped data
 ``._skip_prepare_dataset``                                          preparation; absent: derived as TRL 1.4.0 does,
                                                                     from ``args`` and the next row
-``trl.SFTTrainer._is_vision_dataset``  trl 1.4.0, 1.9.0, 1.14.2     read (safety anchor), only where the row above
+``trl.SFTTrainer._is_vision_dataset``  trl 1.4.0, 1.9.0, 1.16.0     read (safety anchor), only where the row above
                                                                     is absent; absent too: False
 =====================================  ===========================  =================================================
 """
@@ -136,3 +136,19 @@ def skips_dataset_preparation(trainer: Any) -> bool:
         return bool(kept)
     kwargs = getattr(trainer.args, "dataset_kwargs", None) or {}
     return bool(kwargs.get("skip_prepare_dataset", False) or getattr(trainer, IS_VISION_DATASET.name, False))
+
+
+# The first TRL whose SFTTrainer computes its loss from the fused LM head (`add_fused_lm_head`).
+FUSED_LM_HEAD_TRL = "1.15.0"
+
+
+def fused_lm_head_trl() -> bool:
+    """Whether the installed TRL's ``SFTTrainer`` computes its training loss through the fused LM head."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        return Version(version("trl")) >= Version(FUSED_LM_HEAD_TRL)
+    except PackageNotFoundError:
+        return False

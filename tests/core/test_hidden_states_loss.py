@@ -194,3 +194,58 @@ def test_peak_is_one_chunk_of_logits(monkeypatch):
     # The gradients themselves (vocab x size, batch*width x size) are smaller than one chunk here.
     assert max(vocab * size, batch * width * size) <= chunk * vocab
     assert mode.largest <= chunk * vocab < batch * width * vocab
+
+
+class _HalfMatmulsOverVocab(TorchDispatchMode):
+    """Records matrix products in half precision that contract over a dimension of size ``vocab``."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.seen = vocab, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in ("mm", "addmm", "matmul", "bmm"):
+            a, b = (args[1], args[2]) if name == "addmm" else (args[0], args[1])
+            if a.dtype in (torch.bfloat16, torch.float16) and a.shape[-1] == self.vocab == b.shape[-2]:
+                self.seen.append((name, tuple(a.shape), tuple(b.shape), a.dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("trainable_head", [False, True], ids=["lora-head-frozen", "full-ft"])
+def test_bf16_backward_on_cpu_multiplies_the_head_in_float32_blocks(monkeypatch, trainable_head):
+    """Issue 30: on a CPU without native bf16 a bf16 matmul over the 151,936-wide vocabulary (the backward's
+    ``g @ W`` and ``g.t() @ h``) took 94 s and 5.9 s against 0.36 s and 0.44 s in float32. There the backward
+    computes both in float32 blocks of the vocabulary, rounded once; the result is the reference's, within the
+    bf16 tolerances (blocks of 7 rows here, so that a block boundary falls inside the vocabulary). This machine has
+    native bf16 (AMX), so the CPU's answer is replaced here."""
+    import slowed_plugin.core.hidden_states_loss as hsl
+
+    monkeypatch.setenv("SLOWED_COMPILE", "0")
+    monkeypatch.setattr(hsl, "_CPU_VOCAB_BLOCK", 7, raising=False)
+    monkeypatch.setattr(hsl, "_native_cpu_bf16", lambda: False, raising=False)
+    hidden, head, labels = make_case((3, 33), torch.bfloat16)
+    head.requires_grad_(trainable_head)
+    ref, ours = run_both(hidden, head, labels, 0.3, "sequence")
+    assert_same(ref, ours, torch.bfloat16)
+
+    h = hidden.clone().requires_grad_(True)
+    loss, _, _ = chunked_masked_causal_lm_loss(h, head, labels, 0.3, "sequence", chunk_size=7)
+    with _HalfMatmulsOverVocab(VOCAB) as mode:
+        loss.backward()
+    assert mode.seen == []
+    assert h.grad is not None and (head.weight.grad is not None) == trainable_head
+
+
+def test_bf16_backward_keeps_bf16_products_on_a_cpu_with_native_bf16(monkeypatch):
+    """With AVX512-BF16 or AMX the bf16 products are faster than float32 blocks (docs/performance.md): kept."""
+    import slowed_plugin.core.hidden_states_loss as hsl
+
+    monkeypatch.setenv("SLOWED_COMPILE", "0")
+    monkeypatch.setattr(hsl, "_native_cpu_bf16", lambda: True)
+    hidden, head, labels = make_case((3, 33), torch.bfloat16)
+    h = hidden.clone().requires_grad_(True)
+    loss, _, _ = chunked_masked_causal_lm_loss(h, head, labels, 0.3, "sequence", chunk_size=7)
+    with _HalfMatmulsOverVocab(VOCAB) as mode:
+        loss.backward()
+    assert mode.seen
