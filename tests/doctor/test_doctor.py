@@ -260,7 +260,7 @@ def test_slowed_doctor_on_cpu(tmp_path):
 
 
 def test_step_pairs_refuse_to_fork_after_cuda_started(monkeypatch):
-    from slowed_plugin.doctor import step_pairs
+    from slowed_plugin.bench import step_pairs
 
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(RuntimeError, match="has not initialised CUDA"):
