@@ -25,6 +25,7 @@ from ..checks import SLowEDConfigError
 from ..config import SLowEDConfig
 from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
+from ..core.zero import zero_shape
 from ..log import get_logger
 from ..rules import anchor_source_problem, check_trainer
 from ..versions import check_supported_versions
@@ -295,7 +296,7 @@ class SLowEDCallback(TrainerCallback):
         weight = getattr(model.get_output_embeddings(), "weight", None)
         if weight is None:
             return
-        vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partition's own shape is (0,)
+        vocab = zero_shape(weight)[0]
         path = self._loss.path()
         # The hidden-states loss applies the model's logit scale and soft-cap inside the kernels (one graph per
         # value); on logits the model already applied them.
