@@ -14,13 +14,12 @@ MONITOR_CONFIG = {
 
 
 @pytest.mark.slow
-def test_monitor_curve_in_axolotl_run(tmp_path):
+def test_monitor_curve_in_axolotl_run(tmp_path, tiny_assets):
     from axolotl_helpers import load_recipe, start_runs
 
-    from slowed_plugin.axolotl.tiny_assets import build
     from slowed_plugin.trainer.monitor import LOG_KEY, SAFEST_DIR
 
-    build(tmp_path / "slowed-tiny", families=("llama",))
+    tiny_assets(tmp_path)
     recipe = load_recipe()
     config = {
         **recipe,
