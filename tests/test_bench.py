@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
@@ -37,6 +39,7 @@ def test_an_unknown_part_is_one_line():
     assert "--only 'az': unknown part(s) z; parts are abcdef" in done.stderr
 
 
+@pytest.mark.slow  # four tiny trainers in forks: ~15 s
 def test_one_step_machinery_runs_the_benchmark_variants():
     """(b)'s variants (``nll``, SLowED over ``nll``) go through the step pairs of ``slowed doctor --bench``."""
     from slowed_plugin.bench.step_pairs import run_in_subprocess
