@@ -9,8 +9,8 @@ One file per benchmark, each with its worker(s) and its report:
 
 (a) ``loss.py``: the loss alone on the same logits, SLowED's fused loss (and the reference) vs transformers'
     ``ForCausalLMLoss``; 2,048 tokens x 151,936 vocabulary, bf16, ``mask_ratio=0.2`` (``--quick``: 1,024), CPU.
-(b) ``step.py``: one ``SFTTrainer`` step of a tiny Qwen2-shaped model with the real vocabulary, LoRA r=16: stock
-    (``chunked_nll`` and ``"nll"``) vs + ``SLowEDCallback``, each run a fresh fork, CPU.
+(b) ``vocab_step.py``: one ``SFTTrainer`` step of a tiny Qwen2-shaped model with the real vocabulary, LoRA r=16: stock
+    (``chunked_nll`` and ``"nll"``) vs + ``SLowEDCallback``, in forks taking turns step by step, CPU.
 (c) ``slow_tuning.py``: ``SlowTuner.project()`` on Llama-3-8B-shaped LoRA adapters (r=64, all linear layers) vs
     materialising every ΔW; on ``--device``.
 (d) ``real_shape.py``: a Qwen2.5-0.5B-shaped model, LoRA r=16, batch 1 x 512, stock vs SLowED in forks taking turns
@@ -19,7 +19,8 @@ One file per benchmark, each with its worker(s) and its report:
     stock ``chunked_nll`` and vs Liger (if installed), peak GPU memory, the loss alone against its matmul floor.
 (f) ``qlora_memory.py``: each QLoRA recipe's shape in 4-bit under its card's memory, peak vs the estimate.
 
-``harness.py`` runs each worker in a fresh process. With ``--device cpu``, (e) and (f) run their code at tiny
+``harness.py`` runs each worker in a fresh process; (b), (d) and (e) train through
+:mod:`slowed_plugin.bench.step_pairs`, the step machinery of ``slowed doctor --bench``. With ``--device cpu``, (e) and (f) run their code at tiny
 shapes (``--tiny`` does the same for (c)): the GPU check's dry run, whose timings mean nothing.
 
 The machine's load average is printed with the results: on a shared machine absolute times move with it, the
@@ -41,9 +42,9 @@ import loss
 import qlora_memory
 import real_shape
 import slow_tuning
-import step
+import vocab_step
 
-PARTS = {"a": loss, "b": step, "c": slow_tuning, "d": real_shape, "e": gpu_step, "f": qlora_memory}
+PARTS = {"a": loss, "b": vocab_step, "c": slow_tuning, "d": real_shape, "e": gpu_step, "f": qlora_memory}
 WORKERS = {name: fn for module in PARTS.values() for name, fn in module.WORKERS.items()}
 DEVICES = ("cpu", "cuda")
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.worker:
-        print("RESULT " + json.dumps(WORKERS[opts.worker](**json.loads(opts.args))), flush=True)
+        harness.print_result(WORKERS[opts.worker](**json.loads(opts.args)))
         return 0
     unknown = set(opts.only) - set(PARTS)
     if unknown:

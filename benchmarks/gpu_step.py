@@ -1,7 +1,7 @@
 """(e) The GPU cases: at Qwen2.5-0.5B and Qwen2.5-1.5B shapes, bf16, LoRA r=64 on all linear layers, batch
 4 x 1024: a step with ``SLowEDCallback`` against stock ``SFTTrainer`` (``chunked_nll``) and, where the
 ``liger-kernel`` package is installed, against Liger's fused linear cross-entropy (``use_liger_kernel``), in forks
-taking turns (:mod:`slowed_plugin.doctor.step_pairs`); peak GPU memory; and the loss alone against its matmul floor.
+taking turns (:mod:`slowed_plugin.bench.step_pairs`); peak GPU memory; and the loss alone against its matmul floor.
 
 The floor: SLowED's chunked loss from hidden states with a frozen head does one ``(rows x H) @ (H x V)`` product
 per candidate row (the entropy pass) and two per kept row (the recomputed logits and the gradient of the hidden
@@ -18,7 +18,7 @@ import time
 
 from harness import MASK_RATIO, med, run_worker, spread
 
-from slowed_plugin.doctor.step_pairs import SHAPES, VARIANTS, run_pairs
+from slowed_plugin.bench.step_pairs import SHAPES, VARIANTS, run_pairs
 
 GPU_SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b")
 RANK = 64

@@ -2,7 +2,7 @@
 estimate of ``slowed_plugin/axolotl/memory.py``.
 
 Per ``recipes/qlora-*gb.yaml``: the recipe's model built from its config (random weights, nothing downloaded), the
-decoder's linear layers in NF4 (:func:`slowed_plugin.doctor.quantized.build_qlora`), LoRA ``lora_r`` on all linear
+decoder's linear layers in NF4 (:func:`slowed_plugin.bench.qlora.build_qlora`), LoRA ``lora_r`` on all linear
 layers, gradient checkpointing as the recipe sets it, the recipe's optimizer (paged 8-bit AdamW), a few SLowED
 steps of ``micro_batch_size x sequence_len`` tokens (a packed batch is exactly that) and, when the recipe
 evaluates, one evaluation step at its eval batch through the model's own loss (as Axolotl evaluates). The
@@ -49,8 +49,8 @@ def worker_qlora(recipe: str, device: str, steps: int) -> dict:
 
     from slowed_plugin.axolotl.memory import ARCHITECTURES, recipe_estimate
     from slowed_plugin.axolotl.memory import recipe_eval_batch_size as eval_batch
+    from slowed_plugin.bench.qlora import build_qlora, random_batch, slowed_step
     from slowed_plugin.core.slow_tuning import SlowTuner
-    from slowed_plugin.doctor.quantized import build_qlora, random_batch, slowed_step
 
     cfg = yaml.safe_load(Path(recipe).read_text())
     card_gib = int(re.search(r"(\d+)gb", Path(recipe).name).group(1))

@@ -1,5 +1,5 @@
 """(d) The real shape on CPU: a Qwen2.5-0.5B-shaped model built locally, stock ``SFTTrainer`` (``chunked_nll``)
-and the same + ``SLowEDCallback`` in forks taking turns step by step (:mod:`slowed_plugin.doctor.step_pairs`);
+and the same + ``SLowEDCallback`` in forks taking turns step by step (:mod:`slowed_plugin.bench.step_pairs`);
 the callback's one-off kernel compile (cold and from inductor's cache); the chunked loss at mask_ratio 0.2
 against the same kernels at 0."""
 
@@ -11,7 +11,7 @@ import time
 
 from harness import MASK_RATIO, VOCAB, load, med, run_worker, spread
 
-from slowed_plugin.doctor.step_pairs import SHAPES, run_pairs, save_model
+from slowed_plugin.bench.step_pairs import SHAPES, run_pairs, save_model
 
 SHAPE = "qwen2.5-0.5b"
 

@@ -30,6 +30,10 @@ export SLOWED_TESTS_WITHOUT_EXTRAS=1
 # Everything that does not need Axolotl, the demo's matplotlib or a second process.
 "$venv/bin/python" -m pytest -m "not slow" -p no:cacheprovider \
   tests/core tests/trainer tests/anchor tests/inspector tests/evaluation tests/test_config.py tests/test_versions.py "$@"
+# The README's install lines resolved as written, with the main venv (a minute of pip; moved here from the main
+# job to keep the main suite short).
+SLOWED_RESOLVER_TEST=1 .venv/bin/python -m pytest -p no:cacheprovider \
+  tests/test_packaging.py::test_readme_install_lines_resolve_as_written "$@"
 # DeepSpeed at its floor: ZeRO-2 LoRA on two gloo processes against one process (about 2 minutes). Not ZeRO-3:
 # on CPU, DeepSpeed 0.18.6's ZeRO-3 all-gather once returned a corrupted copy on one rank (docs/distributed.md).
 exec "$venv/bin/python" -m pytest -m slow -p no:cacheprovider \

@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = build_tokenizer([r["prompt"] + " " + r["completion"] for r in rows], model_dir)
     build_model(args.family, vocab_size(tokenizer), model_dir, hidden=64)
 
-    callback = SLowEDCallback(config)
-    callback.announce_start = False
+    callback = SLowEDCallback(config, announce_start=False)
     trainer = SFTTrainer(
         model=model_dir,
         args=SFTConfig(

@@ -73,11 +73,8 @@ def kernels(request, monkeypatch):
     """
     from slowed_plugin.core.kernels import KERNELS
 
-    if request.param == "eager":
-        monkeypatch.setenv("SLOWED_COMPILE", "0")
-    else:
-        monkeypatch.setenv("SLOWED_COMPILE", "1")
-    yield request.param
+    with KERNELS.switched(compile=request.param == "compiled"):
+        yield request.param
     if request.param == "compiled":
         assert KERNELS.failed is None, f"torch.compile failed, the fallback ran instead: {KERNELS.failed}"
 

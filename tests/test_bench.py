@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 
@@ -21,7 +23,7 @@ def test_quick_does_not_promise_two_minutes():
 
 
 def test_one_file_per_benchmark_and_a_thin_entry():
-    parts = {"loss", "step", "slow_tuning", "real_shape", "gpu_step", "qlora_memory"}
+    parts = {"loss", "vocab_step", "slow_tuning", "real_shape", "gpu_step", "qlora_memory"}
     assert parts | {"bench", "harness"} == {p.stem for p in BENCH.glob("*.py")}
     for name in parts:
         source = (BENCH / f"{name}.py").read_text()
@@ -35,3 +37,20 @@ def test_an_unknown_part_is_one_line():
     )
     assert done.returncode == 2
     assert "--only 'az': unknown part(s) z; parts are abcdef" in done.stderr
+
+
+@pytest.mark.slow  # four tiny trainers in forks: ~15 s
+def test_one_step_machinery_runs_the_benchmark_variants():
+    """(b)'s variants (``nll``, SLowED over ``nll``) go through the step pairs of ``slowed doctor --bench``."""
+    from slowed_plugin.bench.step_pairs import run_in_subprocess
+
+    runs = run_in_subprocess(
+        timeout=600, shape="tiny", dtype="float32", pairs=1, batch=1, length=32, variants=["nll", "slowed_nll"]
+    )
+    for variant in ("nll", "slowed_nll"):
+        assert len(runs[variant]["step_times"]) == 2 and runs[variant]["peak_mib"] > 0, runs
+
+
+def test_benchmarks_keep_no_step_machinery_of_their_own():
+    text = "\n".join(p.read_text() for p in BENCH.glob("*.py"))
+    assert "SFTTrainer(" not in text and "slowed_plugin.doctor" not in text

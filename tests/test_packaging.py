@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -39,13 +40,17 @@ def test_the_wheel_carries_the_recipes_and_the_entry_points(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        # -v: pip shows the build backend's output, where setuptools prints its warnings.
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", str(tmp_path), "."],
         cwd=source,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # No setuptools warning (issue 32: 40 lines on every install said base_weights was absent from `packages`).
+    warnings = re.findall(r"(?:BuildBackend|Setuptools)\w*Warning: .*", done.stdout + done.stderr)
+    assert not warnings, warnings
     (wheel,) = tmp_path.glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -100,12 +105,16 @@ def _readme_install_block() -> list[str]:
     return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
 
 
-@pytest.mark.slow  # pip resolves the whole [axolotl] extra three times (against this environment): ~1 min
+# pip resolves the whole [axolotl] extra three times (against this environment): ~1 min, run by CI's floors job
+# (scripts/floors.sh sets SLOWED_RESOLVER_TEST=1, with the main venv) rather than the main suite.
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("SLOWED_RESOLVER_TEST") != "1", reason="CI's floors job runs it (SLOWED_RESOLVER_TEST=1)"
+)
 def test_readme_install_lines_resolve_as_written(tmp_path):
     """Issue 22: the README's install line named a package that is on no index. Each line it gives now is run as
     written in a copy of the repository (`pip wheel` for real; each `pip install` with `--dry-run`, against this
     environment, so nothing is downloaded or changed), and so is the repository-URL form with a local `git+file`."""
-    import os
     import shlex
 
     lines = _readme_install_block()

@@ -117,9 +117,9 @@ def _is_slowed_config_error(error: Any) -> bool:
 
 def telemetry_flushed(seconds: float) -> bool:
     """Whether Axolotl's telemetry queue, if telemetry is on in this process, empties within ``seconds``."""
-    manager = getattr(
-        getattr(sys.modules.get("axolotl.telemetry.manager"), "TelemetryManager", None), "_instance", None
-    )
+    from ..trainer.private_api import axolotl_telemetry_manager  # standard library only: stays light
+
+    manager = axolotl_telemetry_manager()
     posthog = sys.modules.get("posthog")
     if manager is None or not getattr(manager, "enabled", False) or posthog is None:
         return True

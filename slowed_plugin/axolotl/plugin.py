@@ -86,14 +86,16 @@ class SLowEDPlugin(BasePlugin):
         if not (config.active or config.safety_monitor):
             LOG.info(f"{config.describe()} (`slowed:` turns both off; the trainer is left unchanged)")
             return []
-        callback = SLowEDCallback(config)
+        replay = config.anchored and config.safety_anchor["mode"] == "replay"
         # One console: the callback's lines (the anchor's, the end line, the tau warning) go through Axolotl's
         # logger; the start line is this one.
-        callback.log, callback.announce_start = LOG, False
-        if config.anchored:
-            callback.anchor_frontend = axolotl_frontend(cfg)
-            if config.safety_anchor["mode"] == "replay":
-                callback.installers.append(step_recount(cfg, LOG))
+        callback = SLowEDCallback(
+            config,
+            log=LOG,
+            announce_start=False,
+            anchor_frontend=axolotl_frontend(cfg) if config.anchored else None,
+            installers=[step_recount(cfg, LOG)] if replay else [],
+        )
         callback.attach(trainer)
         LOG.info(config.describe())
         return [callback]

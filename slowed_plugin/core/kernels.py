@@ -7,16 +7,18 @@ and soft-cap, which the hidden-states loss applies itself.
 
 They are plain torch functions run through ``torch.compile`` (C++/OpenMP on CPU, Triton on GPU). If compiling
 fails (no C++ compiler, no Triton, an unsupported platform), the same functions run eagerly; the fallback is
-chosen automatically on first use and logged once. ``SLOWED_COMPILE=0`` forces the eager kernels. Compiling
+chosen automatically on first use and logged once. ``SLOWED_COMPILE=0`` in the environment when the process
+imports this module forces the eager kernels; within a process, :meth:`_Kernels.switched` does. Compiling
 costs seconds on the first call, so a trainer calls :func:`warmup` before its first step (the compiled code is
 also kept by inductor's on-disk cache, so later processes load it instead of compiling again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -81,17 +83,37 @@ def _row_grad_into(
     out.copy_(torch.where(weight != 0, g, torch.zeros_like(g)))
 
 
-class _Kernels:
-    """The two per-chunk kernels, compiled on first use, with an automatic eager fallback."""
+def compile_requested(environ: Any = os.environ) -> bool:
+    """``SLOWED_COMPILE`` (default on; ``0`` asks for the eager kernels)."""
+    return environ.get("SLOWED_COMPILE", "1") != "0"
 
-    def __init__(self) -> None:
+
+class _Kernels:
+    """The two per-chunk kernels, compiled on first use, with an automatic eager fallback.
+
+    ``compile``: whether to try compiling, an explicit switch (``SLOWED_COMPILE`` is read once, when the process
+    imports this module, not on every call); ``failed``: why compiling was abandoned, if it was, for the rest of
+    the process (a compiler that failed once fails again).
+    """
+
+    def __init__(self, compile: bool | None = None) -> None:  # noqa: A002 - the switch's natural name
         self._lock = threading.Lock()
         self._compiled: dict[str, Callable[..., Any]] | None = None
-        self.failed: str | None = None  # why compiling was abandoned, if it was
+        self.compile = compile_requested() if compile is None else compile
+        self.failed: str | None = None
 
     @property
     def enabled(self) -> bool:
-        return os.environ.get("SLOWED_COMPILE", "1") != "0" and self.failed is None
+        return self.compile and self.failed is None
+
+    @contextlib.contextmanager
+    def switched(self, compile: bool) -> Iterator[None]:  # noqa: A002
+        """The compiled (``True``) or the eager kernels (``False``) for the duration, then the previous switch."""
+        previous, self.compile = self.compile, compile
+        try:
+            yield
+        finally:
+            self.compile = previous
 
     def _get(self) -> dict[str, Callable[..., Any]]:
         with self._lock:

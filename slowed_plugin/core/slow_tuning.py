@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..checks import check_choice, check_tau
-from .zero import WeightAccess, access_for
+from .zero import WeightAccess, access_for, zero_shape
 
 _PLAIN = WeightAccess()
 
@@ -126,7 +126,7 @@ def _lora_weights(model: nn.Module, access: WeightAccess = _PLAIN) -> tuple[list
                     f"Slow Tuning cannot bound LoRA layer {name} with `lora_bias=True`: the bias is a weight "
                     "change outside scaling·B@A. Set `lora_bias=False` or `tau: null`."
                 )
-            shape = tuple(getattr(lora_a, "ds_shape", lora_a.shape))  # a ZeRO-3 partition's own shape is (0,)
+            shape = zero_shape(lora_a)
             if len(shape) != 2:
                 raise ValueError(
                     f"Slow Tuning supports linear and embedding LoRA layers; {name} is a convolution "

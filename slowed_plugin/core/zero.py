@@ -29,6 +29,12 @@ def is_zero3_param(tensor: torch.Tensor) -> bool:
     return hasattr(tensor, "ds_id") and hasattr(tensor, "ds_status")
 
 
+def zero_shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    """The full shape of a parameter: DeepSpeed's ``ds_shape`` for a ZeRO-3 partition (whose own shape is
+    ``(0,)``), else its shape."""
+    return tuple(getattr(tensor, "ds_shape", tensor.shape))
+
+
 def gathered_copy(param: torch.Tensor) -> torch.Tensor:
     """A detached full copy of a ZeRO-3 parameter's module value, gathered for this one parameter only (so that
     a full fine-tuning reference never needs the whole model on one rank)."""
@@ -78,7 +84,7 @@ class ZeroAccess(WeightAccess):
         value = safe_get_full_fp32_param(param)
         if value is None:  # a trainable parameter the ZeRO optimizer does not step: nothing here can bound it
             raise RuntimeError(
-                f"Slow Tuning found a trainable parameter of shape {tuple(getattr(param, 'ds_shape', param.shape))} "
+                f"Slow Tuning found a trainable parameter of shape {zero_shape(param)} "
                 f"without a DeepSpeed ZeRO-{self.stage} fp32 master copy; it cannot be bounded. Set `tau: null`."
             )
         return value

@@ -1,12 +1,12 @@
-"""``slowed doctor --bench``: the SLowED step against the stock one on this machine (:mod:`.step_pairs`)."""
+"""``slowed doctor --bench``: the SLowED step against the stock one here (:mod:`slowed_plugin.bench.step_pairs`)."""
 
 from __future__ import annotations
 
 import statistics
 from typing import Any
 
+from ..bench.step_pairs import SHAPES, VARIANTS, run_in_subprocess
 from .findings import Finding
-from .step_pairs import SHAPES, VARIANTS, run_in_subprocess
 
 
 def defaults(device: str, shape: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import sys
 import time
 
 # Light imports only: the parser imports this module for `slowed --help`; torch comes in `run`.
-from .step_pairs import SHAPES
+from ..bench.step_pairs import SHAPES
 
 DEVICES = ("auto", "cpu", "cuda")
 EXIT_BAD_INPUT = 2

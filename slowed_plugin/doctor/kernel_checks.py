@@ -12,9 +12,7 @@ in float32 and bfloat16. A comparison passes when every element satisfies ``|our
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -57,18 +55,9 @@ def tolerance_error(ours: torch.Tensor, ref: torch.Tensor, rtol: float, atol: fl
     return float(ratio.max()) if ratio.numel() else 0.0
 
 
-@contextlib.contextmanager
-def eager_kernels() -> Iterator[None]:
-    """The kernels' eager fallback for the duration (``SLOWED_COMPILE=0`` is read at each call)."""
-    previous = os.environ.get("SLOWED_COMPILE")
-    os.environ["SLOWED_COMPILE"] = "0"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("SLOWED_COMPILE", None)
-        else:
-            os.environ["SLOWED_COMPILE"] = previous
+def eager_kernels() -> contextlib.AbstractContextManager[None]:
+    """The kernels' eager fallback for the duration (the kernels' own switch, not the environment)."""
+    return KERNELS.switched(compile=False)
 
 
 def _labels(generator: torch.Generator) -> torch.Tensor:
@@ -174,7 +163,7 @@ def kernel_findings(device: str, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> 
     for path in CASES:
         with eager_kernels():
             found += [_run(path, "eager", name, device) for name in dtypes]
-    if os.environ.get("SLOWED_COMPILE", "1") == "0":
+    if not KERNELS.compile:
         found.append(
             Finding("kernels.compile", "warn", "SLOWED_COMPILE=0 is set: the compiled kernels were not checked")
         )

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import random
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,8 +64,11 @@ def _describe(source: Any) -> str:
 
 # What each source held when it was read, by what identifies it: a run checks its prompt sources at config
 # validation, at the callback's construction and when the anchor attaches, and reads each file or hub dataset once.
-# A file's key holds its modification time and size, so an edited file is read again.
-_READ: dict[tuple, tuple[str, ...]] = {}
+# A file's key holds its modification time and size, so an edited file is read again. Bounded: the sources a run
+# reads are few (an anchor's, a monitor's), and a long-lived process (a notebook) that reads many hub datasets or
+# edits a file often keeps only the most recent.
+READ_CACHE_SIZE = 8
+_READ: OrderedDict[tuple, tuple[str, ...]] = OrderedDict()
 
 
 def _read_once(source: str, column: str | None, split: str | None, subset: str | None) -> tuple[str, ...]:
@@ -73,9 +77,13 @@ def _read_once(source: str, column: str | None, split: str | None, subset: str |
         key: tuple = (os.path.abspath(source), stat.st_mtime_ns, stat.st_size, column, split, subset)
     else:
         key = (source, column, split, subset)
-    if key not in _READ:
-        _READ[key] = tuple(_load_source(source, column, split, subset))
-    return _READ[key]
+    if key in _READ:
+        _READ.move_to_end(key)
+        return _READ[key]
+    _READ[key] = rows = tuple(_load_source(source, column, split, subset))
+    while len(_READ) > READ_CACHE_SIZE:
+        _READ.popitem(last=False)  # the least recently used
+    return rows
 
 
 def _load_source(source: str, column: str | None, split: str | None, subset: str | None) -> list[str]:

@@ -153,48 +153,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..files import atomic_write_text
-    from .judges import load_judge
-    from .prompts import load_prompts
-    from .safety import summarize, write_jsonl
-
-    for name in ("max_new_tokens", "batch_size", "judge_batch_size"):
-        if getattr(args, name) < 1:
-            print(
-                f"slowed eval safety: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.",
-                file=sys.stderr,
-            )
-            return 2
-    if args.limit is not None and args.limit < 1:
-        print(f"slowed eval safety: --limit must be >= 1, got {args.limit}.", file=sys.stderr)
-        return 2
     try:
-        prompts = load_prompts(
-            args.prompts,
-            limit=args.limit,
-            seed=args.seed,
-            column=args.prompt_column,
-            split=args.split,
-            subset=args.subset,
-        )
-        # Resolve the judge before the long generation: a wrong guard id fails now, not after it.
-        judge = load_judge(
-            args.judge,
-            input_format=args.judge_format,
-            unsafe_labels=args.unsafe_label,
-            batch_size=args.judge_batch_size,
-            device=args.device,
-            dtype=args.dtype,
-        )
+        _check_numbers(args)
+        prompts, judge = _load_prompts_and_judge(args)
+        settings = settings_of(args, prompts)
+        done, generated = resume_state(args.out, settings, prompts)
     except (ValueError, FileNotFoundError) as err:
         print(f"slowed eval safety: {err}", file=sys.stderr)
         return 2
-    settings = settings_of(args, prompts)
+    _announce(args, prompts, judge, settings, done, generated)
     try:
-        done, generated = resume_state(args.out, settings, prompts)
-    except ValueError as err:
+        seconds = _generate_and_judge(args, prompts, judge, done, generated)
+    except FileNotFoundError as err:  # a missing local model or base model: one line
         print(f"slowed eval safety: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what is done is on disk already; say so instead of a traceback
+        print(
+            f"slowed eval safety: interrupted; kept {len(done)} of {len(prompts)} judged records in {args.out} and "
+            f"{len(generated)} generated answers in {answers_path(args.out)}; the same command resumes.",
+            file=sys.stderr,
+        )
+        return 130
+    _write_results(args, prompts, judge, done, seconds)
+    return 0
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """``ValueError`` naming the first count option below 1."""
+    for name in ("max_new_tokens", "batch_size", "judge_batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+
+
+def _load_prompts_and_judge(args: argparse.Namespace) -> tuple[list, Any]:
+    from .judges import load_judge
+    from .prompts import load_prompts
+
+    prompts = load_prompts(
+        args.prompts, limit=args.limit, seed=args.seed, column=args.prompt_column, split=args.split, subset=args.subset
+    )
+    # Resolve the judge before the long generation: a wrong guard id fails now, not after it.
+    judge = load_judge(
+        args.judge,
+        input_format=args.judge_format,
+        unsafe_labels=args.unsafe_label,
+        batch_size=args.judge_batch_size,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    return prompts, judge
+
+
+def _announce(args: argparse.Namespace, prompts: list, judge: Any, settings: dict, done: dict, generated: dict) -> None:
+    """What runs, and whether it resumes; a fresh run writes its settings (what a resume must match)."""
+    from ..files import atomic_write_text
+
     print(
         f"slowed eval safety: {len(prompts)} prompts from {args.prompts}"
         + (f" (limit {args.limit}, seed {args.seed})" if args.limit else "")
@@ -209,18 +224,11 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         atomic_write_text(settings_path(args.out), json.dumps(settings, indent=1) + "\n")
-    try:
-        seconds = _generate_and_judge(args, prompts, judge, done, generated)
-    except FileNotFoundError as err:  # a missing local model or base model: one line
-        print(f"slowed eval safety: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: what is done is on disk already; say so instead of a traceback
-        print(
-            f"slowed eval safety: interrupted; kept {len(done)} of {len(prompts)} judged records in {args.out} and "
-            f"{len(generated)} generated answers in {answers_path(args.out)}; the same command resumes.",
-            file=sys.stderr,
-        )
-        return 130
+
+
+def _write_results(args: argparse.Namespace, prompts: list, judge: Any, done: dict, seconds: tuple) -> None:
+    from .safety import summarize, write_jsonl
+
     records = [done[i] for i in range(len(prompts))]
     result = summarize(records, judge.name)
     write_jsonl(records, args.out)  # in prompt order, atomically; the appended file had the same records
@@ -232,7 +240,6 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(result.summary())
-    return 0
 
 
 def _batches(items: list[int], size: int) -> list[list[int]]:

@@ -12,8 +12,9 @@ that a bad combination fails at construction. Two ways in, in order of preferenc
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING
+
+from .private_api import caller_frames
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainerCallback
@@ -23,10 +24,8 @@ def calling_trainer(callback: TrainerCallback) -> Trainer | None:
     """The Trainer, registered with ``callback``, whose method is on the call stack; None if there is none."""
     from transformers import Trainer
 
-    frame = sys._getframe(1)
-    while frame is not None:
+    for frame in caller_frames(1):
         candidate = frame.f_locals.get("self")
         if isinstance(candidate, Trainer) and callback in candidate.callback_handler.callbacks:
             return candidate
-        frame = frame.f_back
     return None

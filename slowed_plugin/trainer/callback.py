@@ -16,7 +16,7 @@ The callback itself only reacts to events:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -25,6 +25,7 @@ from ..checks import SLowEDConfigError
 from ..config import SLowEDConfig
 from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
+from ..core.zero import zero_shape
 from ..log import get_logger
 from ..rules import anchor_source_problem, check_trainer
 from ..versions import check_supported_versions
@@ -46,10 +47,27 @@ class SLowEDCallback(TrainerCallback):
 
     Args:
         config: a :class:`SLowEDConfig`, a mapping, or the short form ``[tau, mask_ratio]``.
-        **kwargs: alternatively, the config's keys as keywords (``tau=10.0, mask_ratio=0.2``).
+        log: where the start line, the end line, the anchor's lines and the tau warning go (default: SLowED's
+            logger); a front end with its own console (Axolotl) hands its logger.
+        announce_start: whether the callback logs its settings at train begin (False where the front end
+            announces them itself when it attaches).
+        anchor_frontend: how the safety anchor's rows are prompted and tokenized, built from the trainer and the
+            anchor's settings; None: TRL's ``SFTTrainer`` (Axolotl's plugin hands its own).
+        installers: changes a front end adds to each installation, called with the :class:`~.patches.Patches`
+            and the trainer (Axolotl: its step count recounted with the replay rows).
+        **kwargs: alternatively to ``config``, the config's keys as keywords (``tau=10.0, mask_ratio=0.2``).
     """
 
-    def __init__(self, config: SLowEDConfig | dict | list | tuple | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: SLowEDConfig | dict | list | tuple | None = None,
+        *,
+        log: Any = None,
+        announce_start: bool = True,
+        anchor_frontend: Callable[[Trainer, dict], Frontend] | None = None,
+        installers: Sequence[Callable[[patches.Patches, Trainer], None]] = (),
+        **kwargs: Any,
+    ) -> None:
         check_supported_versions()  # before the trainer, and so the model, is built
         if config is not None and kwargs:
             raise ValueError("Pass SLowED settings either as `config` or as keywords, not both.")
@@ -62,21 +80,17 @@ class SLowEDCallback(TrainerCallback):
         self.metrics = SLowEDMetrics(self.config.masking)
         self.patches: patches.Patches | None = None  # undone at train end (and installed again by a new train())
         self._attached: patches.Patches | None = None  # undone by detach(): the monitor callback
-        # Changes a front end adds to each installation (Axolotl: its step count recounted with the replay rows).
-        self.installers: list[Callable[[patches.Patches, Trainer], None]] = []
+        self.installers: list[Callable[[patches.Patches, Trainer], None]] = list(installers)
         self.monitor: Any = None
         self._loss: MaskedCausalLMLoss | None = None
         self._train_dataset: Any = None  # the training set SLowED trains on instead (anchor rows, reference mask)
         self.anchor: SafetyAnchor | None = None
-        # How the anchor rows are prompted and tokenized; None: TRL's SFTTrainer (Axolotl's plugin sets its own).
-        self.anchor_frontend: Callable[[Trainer, dict], Frontend] | None = None
+        self.anchor_frontend = anchor_frontend
         self._projected_at: int | None = None  # global step of the last projection
         self._seen_listed = False
         self._projections: list[ProjectionReport] = []  # this run's, for the end line and the tau check
-        # Where the start line, the end line and the tau warning go; a front end with its own console (Axolotl)
-        # hands its logger, and announces the start itself when it attaches.
-        self.log = logger
-        self.announce_start = True
+        self.log = logger if log is None else log
+        self.announce_start = announce_start
         # Guards that masking really trains (another component may compute the loss instead).
         self._loss_func_at_attach: Any = None
         self._verified = not self.config.online_masking
@@ -287,7 +301,7 @@ class SLowEDCallback(TrainerCallback):
         weight = getattr(model.get_output_embeddings(), "weight", None)
         if weight is None:
             return
-        vocab = getattr(weight, "ds_shape", weight.shape)[0]  # a ZeRO-3 partition's own shape is (0,)
+        vocab = zero_shape(weight)[0]
         path = self._loss.path()
         # The hidden-states loss applies the model's logit scale and soft-cap inside the kernels (one graph per
         # value); on logits the model already applied them.

@@ -312,10 +312,12 @@ class SafetyMonitorCallback(TrainerCallback):
     def _restore_last_safe(self, model: Any) -> bool:
         import torch
 
+        from ..core.zero import is_zero3_param
+
         if not self.restore_on_stop or self._last_safe_weights is None:
             return False
         params = dict(model.named_parameters())
-        sharded = any(getattr(p, "ds_id", None) is not None for p in params.values())
+        sharded = any(is_zero3_param(p) for p in params.values())
         if sharded or any(params[n].shape != w.shape for n, w in self._last_safe_weights.items() if n in params):
             self.log.warning(
                 "slowed: safety monitor: the model's parameters are sharded (DeepSpeed ZeRO-3 / FSDP); the last safe "

@@ -2,8 +2,10 @@
 
 transformers offers callbacks for events but no hook for the loss of a training step, its token count, the
 rows it logs or the files a checkpoint holds, so SLowED replaces these attributes of the trainer (and one of the
-model) while it is attached. This table is every change SLowED makes to a trainer, its model or its config;
-nothing outside this module makes one:
+model) while it is attached. This table is every change SLowED makes at run time to an object of another library
+(a trainer, its model or config, a tokenizer, the interpreter's hook); the last rows are made where they must
+happen (a core function, the evaluation, Axolotl's process), every other by this module.
+``tests/trainer/test_patches.py`` fails on an assignment to another library's object that this table misses:
 
 =============================  ======================================  ===========================  ==============
 what                           why                                     installed by                 undone
@@ -42,6 +44,17 @@ callback order                 a ``SafetyMonitorCallback`` moves       ``SafetyM
                                itself behind every other callback, so  _run_last``                  only itself; the
                                it measures what Slow Tuning left                                    others keep their
                                                                                                     order
+``head.forward`` of an FSDP2   the masked loss runs inside the head's  :func:`slowed_plugin.core.   inside the same
+output head (a unit of its     own call, so FSDP2 gathers its weight   lm_head.in_head_forward`     call, first
+own)                           and reduces its gradient over ranks                                  thing
+tokenizer ``padding_side``,    batched generation of the safety        ``slowed_plugin.evaluation.  the end of the
+``pad_token`` (the caller's)   evaluation pads on the left             generation._generation_      call
+                                                                       mode``
+``sys.excepthook`` (the        SLowED's config error under ``axolotl   ``slowed_plugin.axolotl.     never: once per
+``axolotl train`` process)     train`` prints one line, then exits     guard._install_excepthook``  process; every
+                               by ``os._exit`` after the telemetry's   (only when SLowED's own      other error goes
+                               grace period                            error is raised)             to the previous
+                                                                                                    hook
 =============================  ======================================  ===========================  ==============
 
 "Train end" changes are undone at train end, by ``SLowEDCallback.detach()``, or, when the callback was removed

@@ -7,7 +7,9 @@ parameters are not a signature listed here, stops SLowED with one line instead o
 "checked" names the versions SLowED's tests passed with: the floors job (pyproject's lower bounds), the main job
 (Axolotl's pins) and ``scripts/newest.sh`` (the newest releases the ranges allow; last run: transformers 5.25.0,
 trl 1.16.0). Nothing outside this table reads a private
-attribute of transformers or TRL (``tests/trainer/test_private_api.py`` greps the package for it).
+attribute of transformers or TRL (``tests/trainer/test_private_api.py`` greps the package for it). The private
+attributes of other libraries (the interpreter, Axolotl, tqdm, DeepSpeed, argparse), only read, are
+:data:`OTHER_READS`, each with the one module that reads it; the test fails on a private read outside it.
 
 =====================================  ===========================  =================================================
 attribute                              checked                      what SLowED does with it
@@ -32,8 +34,10 @@ attribute                              checked                      what SLowED 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 
@@ -152,3 +156,62 @@ def fused_lm_head_trl() -> bool:
         return Version(version("trl")) >= Version(FUSED_LM_HEAD_TRL)
     except PackageNotFoundError:
         return False
+# ---------------------------------------------------------------------------------------------- other libraries
+@dataclass(frozen=True)
+class PrivateRead:
+    """A private attribute of another library that SLowED reads (never calls with a signature it must know), and
+    the one module that reads it: this one where the layers allow, else the lowest module that needs it (a core
+    module or ``log.py`` must not import the trainer's)."""
+
+    owner: str
+    names: tuple[str, ...]
+    module: str  # the reader, relative to slowed_plugin/
+    why: str
+
+
+OTHER_READS: tuple[PrivateRead, ...] = (
+    PrivateRead(
+        "sys",
+        ("_getframe",),
+        "trainer/private_api.py",
+        "the trainer a callback is registered on, found on the call stack (:func:`caller_frames`, trainer/binding.py)",
+    ),
+    PrivateRead(
+        "axolotl.telemetry.manager.TelemetryManager",
+        ("_instance",),
+        "trainer/private_api.py",
+        "whether Axolotl's telemetry is on before the guard exits (:func:`axolotl_telemetry_manager`)",
+    ),
+    PrivateRead(
+        "tqdm.tqdm", ("_instances",), "log.py", "whether a progress bar is open, so that a log line does not tear it"
+    ),
+    PrivateRead(
+        "deepspeed parameters",
+        ("ds_id", "ds_status", "ds_shape"),
+        "core/zero.py",
+        "whether a parameter is a ZeRO-3 partition, and its full shape (core/zero.py's functions, for every caller)",
+    ),
+    PrivateRead("argparse", ("_SubParsersAction",), "cli.py", "the sub-command parser's type (no public name)"),
+    PrivateRead(
+        "concurrent.futures.ProcessPoolExecutor",
+        ("_processes",),
+        "demo/workers.py",
+        "the demo's worker processes (issue 32: the demo's own branch removes this read)",
+    ),
+)
+
+
+def caller_frames(depth: int = 1) -> Iterator[FrameType]:
+    """The frames of the call stack from ``depth`` above the caller outward (``sys._getframe``: CPython's, and
+    every interpreter transformers supports)."""
+    frame: FrameType | None = sys._getframe(depth + 1)
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def axolotl_telemetry_manager() -> Any:
+    """Axolotl's telemetry manager if this process created one (its singleton ``TelemetryManager._instance``),
+    else None; never imports Axolotl."""
+    manager = getattr(sys.modules.get("axolotl.telemetry.manager"), "TelemetryManager", None)
+    return getattr(manager, "_instance", None)

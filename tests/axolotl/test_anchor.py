@@ -29,11 +29,9 @@ ANCHOR = {"prompts": _PROMPTS[:6], "benign_prompts": _PROMPTS[6:], "max_new_toke
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from slowed_plugin.axolotl.tiny_assets import build
-
+def runs(tmp_path_factory, tiny_assets):
     workdir = tmp_path_factory.mktemp("axolotl-anchor")
-    build(workdir / "slowed-tiny", families=("llama",))
+    tiny_assets(workdir)
     recipe = load_recipe()
 
     def named(name: str, config: dict) -> dict:

@@ -12,11 +12,9 @@ TAU = 0.05
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    from slowed_plugin.axolotl.tiny_assets import build
-
+def runs(tmp_path_factory, tiny_assets):
     workdir = tmp_path_factory.mktemp("axolotl-checkpoints")
-    build(workdir / "slowed-tiny")
+    tiny_assets(workdir)
     recipe = {k: v for k, v in load_recipe().items() if k not in ("save_strategy", "save_total_limit", "eval_steps")}
     recipe.update(val_set_size=0.0, learning_rate=0.02)
     configs = {

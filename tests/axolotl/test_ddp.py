@@ -31,11 +31,9 @@ _TOL = 1e-5  # float32 rounding of a projected norm
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from slowed_plugin.axolotl.tiny_assets import build
-
+def run(tmp_path_factory, tiny_assets):
     workdir = tmp_path_factory.mktemp("axolotl-ddp")
-    build(workdir / "slowed-tiny", families=("llama",))
+    tiny_assets(workdir)
     recipe = load_recipe()
     config = {
         **{k: v for k, v in recipe.items() if k != "eval_steps"},

@@ -25,11 +25,9 @@ _TOL = 1e-5  # float32 rounding of a projected norm
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    from slowed_plugin.axolotl.tiny_assets import build
-
+def assets(tmp_path_factory, tiny_assets):
     workdir = tmp_path_factory.mktemp("axolotl-deepspeed")
-    build(workdir / "slowed-tiny", families=("llama",))
+    tiny_assets(workdir)
     return workdir
 
 

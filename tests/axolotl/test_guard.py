@@ -137,11 +137,9 @@ def test_slowed_check_reports_the_problem_once_with_the_guard_installed(guard_pa
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    from slowed_plugin.axolotl.tiny_assets import build
-
+def workdir(tmp_path_factory, tiny_assets) -> Path:
     folder = tmp_path_factory.mktemp("axolotl-guard")
-    build(folder / "slowed-tiny", families=("llama",))
+    tiny_assets(folder)
     return folder
 
 

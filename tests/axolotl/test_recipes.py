@@ -32,10 +32,8 @@ def _load(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from slowed_plugin.axolotl.tiny_assets import build
-
-    return build(tmp_path_factory.mktemp("recipes") / "slowed-tiny", families=("llama", "qwen2", "bloom"))
+def tiny(tmp_path_factory, tiny_assets):
+    return tiny_assets(tmp_path_factory.mktemp("recipes"))
 
 
 def test_the_expected_recipes_are_there():

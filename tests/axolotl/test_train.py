@@ -47,11 +47,9 @@ def _qlora_mask_ratio(tiny: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from slowed_plugin.axolotl.tiny_assets import build
-
+def tiny(tmp_path_factory, tiny_assets):
     workdir = tmp_path_factory.mktemp("axolotl-e2e")
-    paths = build(workdir / "slowed-tiny", families=("llama", "qwen2"))
+    paths = tiny_assets(workdir)
     return {"workdir": workdir, **paths}
 
 

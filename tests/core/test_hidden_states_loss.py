@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from slowed_plugin.core.hidden_states_loss import chunked_masked_causal_lm_loss
+from slowed_plugin.core.kernels import KERNELS
 from slowed_plugin.core.masking import kept_token_count, token_entropy
 from slowed_plugin.trainer.reference_loss import masked_causal_lm_loss
 
@@ -182,7 +183,7 @@ class _LargestTensor(TorchDispatchMode):
 
 def test_peak_is_one_chunk_of_logits(monkeypatch):
     """No op ever produces more than one chunk of logits (eager kernels: every temporary is visible)."""
-    monkeypatch.setenv("SLOWED_COMPILE", "0")
+    monkeypatch.setattr(KERNELS, "compile", False)
     g = torch.Generator().manual_seed(0)
     batch, width, size, vocab, chunk = 2, 64, 4, 300, 8
     hidden = torch.randn(batch, width, size, generator=g, requires_grad=True)

@@ -8,6 +8,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from slowed_plugin.core import kernels
 from slowed_plugin.core import logits_loss as fused_loss
+from slowed_plugin.core.kernels import KERNELS
 from slowed_plugin.core.logits_loss import fused_masked_causal_lm_loss
 from slowed_plugin.core.masking import kept_token_count, mask_low_entropy_targets, token_entropy
 from slowed_plugin.trainer.reference_loss import masked_causal_lm_loss
@@ -165,7 +166,7 @@ class _LargestFloat32(TorchDispatchMode):
 
 def test_no_float32_copy_of_bf16_logits(monkeypatch):
     """Only one chunk of rows is ever upcast (eager kernels, so every temporary is visible)."""
-    monkeypatch.setenv("SLOWED_COMPILE", "0")
+    monkeypatch.setattr(KERNELS, "compile", False)
     logits, labels = make_case((4, 64), torch.bfloat16)
     z = logits.requires_grad_(True)
     with _LargestFloat32() as mode:

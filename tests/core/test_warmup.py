@@ -35,11 +35,10 @@ class _CompileLog(TrainerCallback):
     ids=["hidden-states-fp32", "logits-fp32", "hidden-states-bf16-autocast"],
 )
 def test_no_step_compiles_after_warmup(llama_dir, cot_rows, tmp_path, monkeypatch, loss_type, bf16):
-    monkeypatch.setenv("SLOWED_COMPILE", "1")
     # A fresh process state: graphs compiled by earlier tests (e.g. run without grad) must not hide a
     # warm-up that compiled different ones.
     torch._dynamo.reset()
-    monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels())  # both losses and the warm-up read this one
+    monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels(compile=True))  # both losses and the warm-up read this one
     log = _CompileLog()
     trainer = sft_trainer(
         llama_dir,

@@ -111,8 +111,8 @@ def test_a_crashing_path_is_a_finding(monkeypatch):
 
 
 def test_the_command_exits_1_on_a_kernel_beyond_tolerance(monkeypatch, capsys, tmp_path):
-    # SLOWED_COMPILE=0: eager only (fast); the compiled kernels' line says they were not checked.
-    monkeypatch.setenv("SLOWED_COMPILE", "0")
+    # Compiling switched off (as SLOWED_COMPILE=0 does): eager only (fast); the compiled kernels' line says so.
+    monkeypatch.setattr(kernel_checks.KERNELS, "compile", False)
     _perturbed_loss(monkeypatch, "chunked_masked_causal_lm_loss", factor=1.01)
     report = tmp_path / "doctor.json"
     assert main(["doctor", "--device", "cpu", "--json", str(report)]) == 1
@@ -126,7 +126,7 @@ def test_the_command_exits_1_on_a_kernel_beyond_tolerance(monkeypatch, capsys, t
 
 
 def test_compile_failure_is_said_loudly(monkeypatch):
-    monkeypatch.delenv("SLOWED_COMPILE", raising=False)
+    monkeypatch.setattr(kernel_checks.KERNELS, "compile", True)
     monkeypatch.setattr(kernel_checks, "warmup", lambda *a, **k: 0.0)
     monkeypatch.setattr(kernel_checks.KERNELS, "failed", "InvalidCxxCompiler: No working C++ compiler found")
     monkeypatch.setattr(kernel_checks, "CASES", {"logits": kernel_checks.CASES["logits"]})
@@ -260,7 +260,7 @@ def test_slowed_doctor_on_cpu(tmp_path):
 
 
 def test_step_pairs_refuse_to_fork_after_cuda_started(monkeypatch):
-    from slowed_plugin.doctor import step_pairs
+    from slowed_plugin.bench import step_pairs
 
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(RuntimeError, match="has not initialised CUDA"):

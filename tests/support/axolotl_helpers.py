@@ -39,6 +39,9 @@ def offline_env(threads: int = 1) -> dict[str, str]:
         CUDA_VISIBLE_DEVICES="",
         PYTHONUNBUFFERED="1",
     )
+    # Wiring runs: the kernels' compiled path has tests of its own (tests/core, the doctor); eager kernels spare
+    # each training process its compile or inductor-cache load. SLOWED_COMPILE=1 in the caller's environment wins.
+    env.setdefault("SLOWED_COMPILE", "0")
     # The test plugin in this module must be importable by the training process.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), env.get("PYTHONPATH")) if p)
     # `axolotl train` starts `accelerate` by name unless told `--launcher python`; keep the venv first anyway.

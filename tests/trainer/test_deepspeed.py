@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from ports import torchrun
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support")  # launch scripts
 SCRIPT = os.path.join(HERE, "ds_train.py")
@@ -31,11 +32,11 @@ def _run(cmd, env):
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def _launch(out, stage, *options, model_dir, rows, env, port=29620):
+def _launch(out, stage, *options, model_dir, rows, env):
     """Two ZeRO ranks with batch 2 each; STAGE 0 is one process without DeepSpeed with batch 4 (the same data)."""
     args = [model_dir, rows, str(out), "2" if stage else "4", str(stage), *options]
     if stage:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+        command = torchrun(2)
         _run([*command, SCRIPT, *args], env)
         return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     _run([sys.executable, SCRIPT, *args], env)
@@ -87,7 +88,7 @@ def _check_against_one_process(ranks, one):
 def test_zero_lora_matches_one_process(stage, single, llama_dir, rows_file, deepspeed_env, tmp_path):
     from safetensors.torch import load_file
 
-    ranks = _launch(tmp_path, stage, model_dir=llama_dir, rows=rows_file, env=deepspeed_env, port=29620 + stage)
+    ranks = _launch(tmp_path, stage, model_dir=llama_dir, rows=rows_file, env=deepspeed_env)
     _check_against_one_process(ranks, single("lora"))
 
     # The same adapter on both ranks, bit for bit, and in the saved adapter.
@@ -106,9 +107,7 @@ def test_zero_full_fine_tuning_matches_one_process(stage, single, llama_dir, row
     from safetensors.torch import load_file
 
     options = ("--mode", "full")
-    ranks = _launch(
-        tmp_path, stage, *options, model_dir=llama_dir, rows=rows_file, env=deepspeed_env, port=29630 + stage
-    )
+    ranks = _launch(tmp_path, stage, *options, model_dir=llama_dir, rows=rows_file, env=deepspeed_env)
     _check_against_one_process(ranks, single("full"))
     assert len(ranks[0]["post"][0]["master"]) == 21  # every tensor of the 2-layer model, embeddings and head too
 
@@ -131,9 +130,9 @@ def test_zero2_resume_mid_epoch_matches_uninterrupted_run(llama_dir, rows_file, 
 
     adam = ("--optim", "adamw_torch", "--lr", "0.01")
     common = dict(model_dir=llama_dir, rows=rows_file, env=deepspeed_env)
-    whole = _launch(tmp_path / "whole", 2, "--save-steps", "1", *adam, **common, port=29640)
+    whole = _launch(tmp_path / "whole", 2, "--save-steps", "1", *adam, **common)
     checkpoint = tmp_path / "whole" / "run" / "checkpoint-1"
-    resumed = _launch(tmp_path / "resumed", 2, "--resume", str(checkpoint), *adam, **common, port=29641)
+    resumed = _launch(tmp_path / "resumed", 2, "--resume", str(checkpoint), *adam, **common)
 
     assert [p["step"] for p in resumed[0]["post"]] == [2, 3]  # it trained steps 2 and 3 only, into epoch 2
     for rank in (0, 1):

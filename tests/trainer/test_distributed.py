@@ -7,12 +7,14 @@ import sys
 
 import pytest
 import torch
+from ports import torchrun
 
 HERE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "support")  # launch scripts
 
 
 def _run(cmd, env_extra=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    # SLOWED_COMPILE=0: these check the distributed wiring; the compiled kernels have tests of their own.
+    env = {"SLOWED_COMPILE": "0", **os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -23,10 +25,7 @@ def test_two_ranks_match_one_process(llama_dir, cot_rows, tmp_path):
     data.write_text("\n".join(json.dumps(r) for r in cot_rows[:4]))
     script = os.path.join(HERE, "ddp_train.py")
     _run([sys.executable, script, llama_dir, str(data), str(tmp_path / "single"), "4"])
-    _run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533", script]
-        + [llama_dir, str(data), str(tmp_path / "ddp"), "2"]
-    )
+    _run(torchrun(2) + [script] + [llama_dir, str(data), str(tmp_path / "ddp"), "2"])
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=False)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
@@ -53,10 +52,7 @@ def test_gradient_anchor_on_two_ranks_matches_one_process(llama_dir, cot_rows, t
     data.write_text("\n".join(json.dumps(r) for r in cot_rows[:4]))
     script = os.path.join(HERE, "ddp_train.py")
     _run([sys.executable, script, llama_dir, str(data), str(tmp_path / "single"), "4", "gradient"])
-    _run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535", script]
-        + [llama_dir, str(data), str(tmp_path / "ddp"), "2", "gradient"]
-    )
+    _run(torchrun(2) + [script] + [llama_dir, str(data), str(tmp_path / "ddp"), "2", "gradient"])
     single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=False)
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert ranks[0]["anchor"] == ranks[1]["anchor"] == single["anchor"]
@@ -74,10 +70,7 @@ def test_gradient_anchor_on_two_ranks_matches_one_process(llama_dir, cot_rows, t
 def test_slow_tuning_on_fsdp2_shards_matches_unsharded(llama_dir, tmp_path):
     # The Trainer does not run FSDP on CPU, so this drives torch's own FSDP2 (`fully_shard`, DTensor
     # parameters, gloo) directly: the tuner is built before sharding, as under accelerate.
-    _run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534"]
-        + [os.path.join(HERE, "fsdp_slow_tuning.py"), llama_dir, str(tmp_path)]
-    )
+    _run(torchrun(2) + [os.path.join(HERE, "fsdp_slow_tuning.py"), llama_dir, str(tmp_path)])
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     for kind in ("lora", "full"):
         run = ranks[0][kind]
@@ -94,10 +87,7 @@ def test_masked_loss_on_fsdp2_shards_matches_one_process(llama_dir, tmp_path):
     # torch's own FSDP2 on a 2-process gloo mesh (the Trainer runs no FSDP on CPU), full fine-tuning so that the
     # head's weight trains: each rank holds half of a 4-row batch. `head` makes lm_head an FSDP unit of its own,
     # whose weight the hidden-states loss would otherwise read as this rank's DTensor shard.
-    _run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
-        + [os.path.join(HERE, "fsdp_masking.py"), llama_dir, str(tmp_path)]
-    )
+    _run(torchrun(2) + [os.path.join(HERE, "fsdp_masking.py"), llama_dir, str(tmp_path)])
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     one = ranks[0]["reference"]
     assert one["path"] == "hidden_states" and one["dropped"] > 0

@@ -252,3 +252,99 @@ def test_reading_active_changes_nothing():
     registered[0] = False
     assert not patches.active and owner.value == 2  # passes through, but nothing was undone by the read
     assert not patches.undo_if_unregistered() and owner.value == 1
+
+
+# Every assignment to an attribute of an object that is not `self` (outside patches.py, demo/ and the two loss
+# files owned elsewhere), by file and target: what it changes. "runtime change" rows must be in patches.py's table
+# (the attribute's name in its docstring); the others change an object SLowED built or the API's intended flags.
+OWN = "an object SLowED built"
+FLAG = "transformers' TrainerControl flags, the callbacks' intended API"
+ASSIGNMENTS = {
+    ("axolotl/check.py", "report.config"): OWN,
+    ("axolotl/check.py", "report.plugin"): OWN,
+    ("axolotl/guard.py", "hook.slowed_guard"): OWN,
+    ("axolotl/guard.py", "sys.excepthook"): "runtime change",
+    ("bench/qlora.py", "layer.weight"): OWN,
+    ("bench/qlora.py", "layer.bias"): OWN,
+    ("bench/qlora.py", "setattr(parent, name, layer)"): OWN,
+    ("bench/qlora.py", "model.is_loaded_in_4bit"): OWN,
+    ("bench/qlora.py", "model.config.use_cache"): OWN,
+    ("core/lm_head.py", "head.forward"): "runtime change",
+    ("doctor/kernel_checks.py", "KERNELS.failed"): OWN,
+    ("evaluation/generation.py", "tokenizer.padding_side"): "runtime change",
+    ("evaluation/generation.py", "tokenizer.pad_token"): "runtime change",
+    ("evaluation/judges.py", "tokenizer.pad_token"): OWN,
+    ("evaluation/judges.py", "model.config.pad_token_id"): OWN,
+    ("evaluation/safety.py", "result.generation_seconds"): OWN,
+    ("evaluation/safety.py", "result.judge_seconds"): OWN,
+    ("log.py", "logger.propagate"): OWN,
+    ("tiny.py", "tokenizer.pre_tokenizer"): OWN,
+    ("tiny.py", "tokenizer.post_processor"): OWN,
+    ("tiny.py", "tokenizer.decoder"): OWN,
+    ("trainer/callback.py", "self.monitor.log"): OWN,
+    ("trainer/callback.py", "control.should_log"): FLAG,
+    ("trainer/monitor.py", "trainer.control.should_log"): FLAG,
+    ("trainer/monitor.py", "control.should_training_stop"): FLAG,
+    ("trainer/monitor.py", "control.should_save"): FLAG,
+    ("trainer/monitor.py", "handler.callbacks"): "runtime change",
+    ("trainer/monitor.py", "self.judge.device"): OWN,
+    ("trainer/safety_anchor.py", "p.grad"): "the anchor's gradient projection: set and put back within one call",
+}
+SKIPPED = ("demo/", "trainer/patches.py", "core/hidden_states_loss.py", "core/logits_loss.py")
+
+
+def _assignments() -> set[tuple[str, str]]:
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "slowed_plugin"
+    found = set()
+    for path in package.rglob("*.py"):
+        name = path.relative_to(package).as_posix()
+        if name.startswith(SKIPPED):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [node.target]
+            while targets:
+                target = targets.pop()
+                if isinstance(target, (ast.Tuple, ast.List, ast.Starred)):
+                    targets += target.elts if not isinstance(target, ast.Starred) else [target.value]
+                    continue
+                attribute = target.value if isinstance(target, ast.Subscript) else target  # os.environ[...] too
+                receiver = getattr(attribute, "value", None)
+                if isinstance(attribute, ast.Attribute) and not (
+                    isinstance(receiver, ast.Name) and receiver.id in ("self", "cls")
+                ):
+                    found.add((name, ast.unparse(attribute)))
+            call = node.func if isinstance(node, ast.Call) else None
+            if isinstance(call, ast.Name) and call.id in ("setattr", "delattr"):
+                found.add((name, ast.unparse(node)))
+    return found
+
+
+def test_every_change_to_another_librarys_object_is_in_the_patches_table():
+    """Front ends hand their settings to SLowEDCallback's constructor (no attribute set after it), and every
+    run-time change outside patches.py is a row of its table (issue 32, item 3)."""
+    from slowed_plugin.trainer import patches
+
+    found = _assignments()
+    assert found <= set(ASSIGNMENTS), f"not listed here: {sorted(found - set(ASSIGNMENTS))}"
+    assert set(ASSIGNMENTS) <= found, f"gone, remove: {sorted(set(ASSIGNMENTS) - found)}"
+    table = patches.__doc__
+    missing = [t for (f, t), why in ASSIGNMENTS.items() if why == "runtime change" and t.split(".")[-1] not in table]
+    assert not missing, f"runtime changes missing from patches.py's table: {missing}"
+
+
+def test_front_ends_configure_the_callback_through_its_constructor():
+    from slowed_plugin import SLowEDCallback
+
+    def recount(patches, trainer):
+        return None
+
+    callback = SLowEDCallback(
+        tau=1.0, mask_ratio=0.2, log="LOG", announce_start=False, anchor_frontend=None, installers=[recount]
+    )
+    assert (callback.log, callback.announce_start, callback.installers) == ("LOG", False, [recount])
+    assert callback.config.tau == 1.0

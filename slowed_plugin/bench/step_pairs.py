@@ -4,7 +4,7 @@ Each variant trains in its own fork of one process that imported everything; the
 step while the others wait), the order rotating every step, so each set of steps meets the same background load,
 and the ratio is taken per set. The first step of each fork is a warm-up (compiles, allocator growth) and is not
 paired. Peak memory is each fork's own: ``torch.cuda.max_memory_allocated`` on CUDA, the RSS high-water mark
-(VmHWM) on CPU. Used by ``slowed doctor --bench`` and by ``benchmarks/`` ((d) and the GPU cases).
+(VmHWM) on CPU. The one step machinery of ``slowed doctor --bench`` and of ``benchmarks/`` ((b), (d), (e)).
 
 The parent must not have initialised CUDA before it forks: call :func:`run_pairs` from a fresh process
 (:func:`run_in_subprocess` starts one).
@@ -13,16 +13,16 @@ The parent must not have initialised CUDA before it forks: call :func:`run_pairs
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
+
+from .process import peak_mib, print_result, reset_peak, run_for_result
 
 MASK_RATIO = 0.2
 VOCAB = 151_936
+_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 # Shapes built from a config (random weights: step time and memory do not depend on them; nothing downloaded).
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen2.5-0.5b": {
@@ -44,63 +44,20 @@ SHAPES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": True,
     },
     # The tests' and dry runs' shape: every code path, in seconds.
-    "tiny": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "vocab_size": 4096,
-        "tie_word_embeddings": True,
-    },
+    "tiny": {**_TINY, "num_key_value_heads": 2, "vocab_size": 4096, "tie_word_embeddings": True},
+    # benchmarks/ (b): the tiny body under Qwen2's real vocabulary and an untied head, where the loss dominates.
+    "tiny-real-vocab": {**_TINY, "num_key_value_heads": 2, "vocab_size": VOCAB, "tie_word_embeddings": False},
 }
 VARIANTS = {
     "stock": "stock SFTTrainer (chunked_nll)",
+    "nll": 'stock SFTTrainer loss_type="nll"',
     "slowed": f"+ SLowEDCallback(tau=10, mask_ratio={MASK_RATIO})",
+    "slowed_nll": f'+ SLowEDCallback(tau=10, mask_ratio={MASK_RATIO}), loss_type="nll" (fused from logits)',
     "liger": "stock SFTTrainer, use_liger_kernel (fused linear cross-entropy)",
 }
-# Child processes: no hub, no telemetry, and freed buffers go back to the OS at once (a fixed mmap threshold), so
-# that the RSS high-water mark measures what a step really holds.
-CHILD_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "WANDB_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-    "MALLOC_MMAP_THRESHOLD_": "65536",
-    "MALLOC_TRIM_THRESHOLD_": "0",
-    "PYTHONWARNINGS": "ignore",
-}
-
-
-# --------------------------------------------------------------------------- memory
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def rss_mib() -> float:
-    return _status_kib("VmRSS") / 1024
-
-
-def peak_rss_mib() -> float:
-    return _status_kib("VmHWM") / 1024
-
-
-def reset_peak() -> None:
-    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_mib(device: str) -> float:
-    """This process's peak memory on ``device``: CUDA allocations, or the RSS high-water mark on CPU."""
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    return peak_rss_mib()
+# Variants whose trainer computes its loss from logits (TRL refuses Liger's fused loss with chunked_nll).
+NLL_VARIANTS = ("nll", "slowed_nll", "liger")
+SLOWED_VARIANTS = ("slowed", "slowed_nll")
 
 
 # --------------------------------------------------------------------------- models
@@ -145,7 +102,7 @@ def build_trainer(
     callbacks: list,
     model_dir: str | None,
     output_dir: str,
-):
+) -> Any:
     """An ``SFTTrainer`` of ``variant`` (see :data:`VARIANTS`): LoRA ``rank`` on all linear layers, random token
     rows of ``length`` with the first quarter (the prompt) ignored; ``output_dir`` is the caller's to remove."""
     import torch
@@ -164,7 +121,7 @@ def build_trainer(
         ids = torch.randint(4, vocab, (length,), generator=generator).tolist()
         prompt = length // 4
         rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
-    slowed = [SLowEDCallback(tau=10.0, mask_ratio=MASK_RATIO)] if variant == "slowed" else []
+    slowed = [SLowEDCallback(tau=10.0, mask_ratio=MASK_RATIO)] if variant in SLOWED_VARIANTS else []
     return SFTTrainer(
         model=model,
         args=SFTConfig(
@@ -181,8 +138,7 @@ def build_trainer(
             dataloader_num_workers=0,
             max_length=None,
             disable_tqdm=True,
-            # Liger's fused linear cross-entropy replaces the loss itself: TRL refuses it with chunked_nll.
-            loss_type="nll" if variant == "liger" else "chunked_nll",
+            loss_type="nll" if variant in NLL_VARIANTS else "chunked_nll",
             use_liger_kernel=variant == "liger",
         ),
         train_dataset=Dataset.from_list(rows),
@@ -206,13 +162,33 @@ def run_pairs(
 ) -> dict[str, dict]:
     """``pairs`` + 1 steps of every variant in forks that take turns; per variant ``step_times`` (the first one the
     warm-up), ``peak_mib`` and ``process_s``. Raises ``RuntimeError`` naming the variant that failed."""
-    import multiprocessing
+    variants = tuple(variants)
+    _check_variants(variants)
+    _prepare_fork(device)
+    steps = pairs + 1
+    build = dict(shape=shape, dtype=dtype, steps=steps, batch=batch, length=length, device=device, rank=rank)
+    turns = _Turns(variants, {**build, "model_dir": model_dir})
+    try:
+        times: dict[str, list[float]] = {v: [] for v in variants}
+        for step in range(steps):
+            shift = step % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                times[variant].append(turns.step(variant))
+        return {v: {"step_times": times[v], **turns.expect(v, "done")} for v in variants}
+    finally:
+        turns.join()
 
-    import torch
 
+def _check_variants(variants: tuple[str, ...]) -> None:
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ValueError(f"`variants` must be among {sorted(VARIANTS)}; got {sorted(unknown)}.")
+
+
+def _prepare_fork(device: str) -> None:
+    """Refuse a parent that initialised CUDA; on CPU import the frameworks once, before forking, for every fork."""
+    import torch
+
     if device == "cuda":
         # A fork of a process that initialised CUDA cannot use it. Importing peft imports bitsandbytes, which may
         # initialise CUDA: on a GPU each fork imports the frameworks itself.
@@ -220,95 +196,103 @@ def run_pairs(
             raise RuntimeError(
                 "run_pairs forks: call it from a process that has not initialised CUDA (run_in_subprocess)"
             )
-    else:
-        import datasets  # noqa: F401 - imported before forking, once for every fork
-        import peft  # noqa: F401
-        import trl  # noqa: F401
-        from trl import SFTTrainer  # noqa: F401
+        return
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import trl  # noqa: F401
+    from trl import SFTTrainer  # noqa: F401
 
-        import slowed_plugin.core.hidden_states_loss  # noqa: F401
-        import slowed_plugin.trainer.callback  # noqa: F401
-    steps = pairs + 1
-    context = multiprocessing.get_context("fork")
+    import slowed_plugin.core.hidden_states_loss  # noqa: F401
+    import slowed_plugin.trainer.callback  # noqa: F401
 
-    def child(connection, variant):
-        try:
-            reset_peak()
-            from transformers import TrainerCallback
 
-            class Turn(TrainerCallback):  # last callback: its step_end comes after SLowED's projection
-                def on_step_begin(self, args, state, control, **kwargs):
-                    if device == "cuda":
-                        import torch
+def _turn_callback(connection, device: str):
+    """The fork's last callback (its step_end comes after SLowED's projection): waits for "go", times the step."""
+    from transformers import TrainerCallback
 
-                        torch.cuda.synchronize()
-                    connection.send(("ready", None))
-                    connection.recv()  # "go"
-                    self.start = time.perf_counter()
+    def sync():
+        if device == "cuda":
+            import torch
 
-                def on_step_end(self, args, state, control, **kwargs):
-                    if device == "cuda":
-                        import torch
+            torch.cuda.synchronize()
 
-                        torch.cuda.synchronize()
-                    connection.send(("step", time.perf_counter() - self.start))
+    class Turn(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            sync()
+            connection.send(("ready", None))
+            connection.recv()  # "go"
+            self.start = time.perf_counter()
 
-            start = time.perf_counter()
-            with tempfile.TemporaryDirectory(prefix="slowed-bench-") as output_dir:  # save_strategy "no": empty
-                trainer = build_trainer(
-                    variant, shape, dtype, steps, batch, length, device, rank, [Turn()], model_dir, output_dir
-                )
-                trainer.train()
-            connection.send(("done", {"peak_mib": peak_mib(device), "process_s": time.perf_counter() - start}))
-        except BaseException as err:  # noqa: BLE001 - report any failure to the parent
-            connection.send(("error", f"{type(err).__name__}: {err}"))
-        finally:
-            connection.close()
+        def on_step_end(self, args, state, control, **kwargs):
+            sync()
+            connection.send(("step", time.perf_counter() - self.start))
 
-    links, processes = {}, []
-    for variant in variants:
-        parent_end, child_end = context.Pipe()
-        process = context.Process(target=child, args=(child_end, variant))
-        process.start()
-        links[variant] = parent_end
-        processes.append(process)
+    return Turn()
 
-    def expect(variant, kind):
-        got, value = links[variant].recv()
+
+def _child(connection, variant: str, build: dict[str, Any]) -> None:
+    """One fork: train ``variant``, taking its turns over ``connection``; report its peak memory and wall time."""
+    try:
+        reset_peak()
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="slowed-bench-") as output_dir:  # save_strategy "no": empty
+            trainer = build_trainer(
+                variant, **build, callbacks=[_turn_callback(connection, build["device"])], output_dir=output_dir
+            )
+            trainer.train()
+        peak = peak_mib(build["device"])
+        connection.send(("done", {"peak_mib": peak, "process_s": time.perf_counter() - start}))
+    except BaseException as err:  # noqa: BLE001 - report any failure to the parent
+        connection.send(("error", f"{type(err).__name__}: {err}"))
+    finally:
+        connection.close()
+
+
+class _Turns:
+    """The parent's side: one fork and one pipe per variant."""
+
+    def __init__(self, variants: tuple[str, ...], build: dict[str, Any]) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.links, self.processes = {}, []
+        for variant in variants:
+            parent_end, child_end = context.Pipe()
+            process = context.Process(target=_child, args=(child_end, variant, build))
+            process.start()
+            self.links[variant] = parent_end
+            self.processes.append(process)
+
+    def expect(self, variant: str, kind: str):
+        got, value = self.links[variant].recv()
         if got == "error":
-            for process in processes:
-                process.kill()
+            self.kill()
             raise RuntimeError(f"variant {variant}: {value}")
         if got != kind:
+            self.kill()
             raise RuntimeError(f"variant {variant}: expected {kind!r}, got {got!r}")
         return value
 
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    for step in range(steps):
-        shift = step % len(variants)
-        for variant in variants[shift:] + variants[:shift]:
-            expect(variant, "ready")
-            links[variant].send("go")
-            times[variant].append(expect(variant, "step"))
-    result = {v: {"step_times": times[v], **expect(v, "done")} for v in variants}
-    for process in processes:
-        process.join()
-    return result
+    def step(self, variant: str) -> float:
+        """Let ``variant`` run its next step alone; its seconds."""
+        self.expect(variant, "ready")
+        self.links[variant].send("go")
+        return self.expect(variant, "step")
+
+    def kill(self) -> None:
+        for process in self.processes:
+            process.kill()
+
+    def join(self) -> None:
+        for process in self.processes:
+            process.join()
 
 
 def run_in_subprocess(timeout: float | None = None, **kwargs: Any) -> dict:
     """:func:`run_pairs` in a fresh Python process (no CUDA initialised before its forks)."""
-    env = {**os.environ, **CHILD_ENV}
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "slowed_plugin.doctor.step_pairs", json.dumps(kwargs)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not result:
-        tail = (done.stdout[-1500:] + done.stderr[-2500:]).strip().splitlines()
-        raise RuntimeError(f"step pairs failed (exit {done.returncode}): {tail[-1] if tail else 'no output'}")
-    return json.loads(result[-1][len("RESULT ") :])
+    argv = ["-m", "slowed_plugin.bench.step_pairs", json.dumps(kwargs)]
+    return run_for_result(argv, "step pairs", timeout=timeout)
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(run_pairs(**json.loads(sys.argv[1]))), flush=True)
+    print_result(run_pairs(**json.loads(sys.argv[1])))
