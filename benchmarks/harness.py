@@ -12,7 +12,6 @@ from pathlib import Path
 from slowed_plugin.bench.process import (
     CHILD_ENV,
     ROOT,
-    cpu_model,
     load_average,
     peak_rss_mib,
     print_result,
@@ -21,6 +20,7 @@ from slowed_plugin.bench.process import (
     run_for_result,
 )
 from slowed_plugin.bench.step_pairs import MASK_RATIO, VOCAB
+from slowed_plugin.machine import cpu_model
 
 ENTRY = Path(__file__).resolve().parent / "bench.py"
 med = statistics.median

@@ -214,6 +214,33 @@ class _Rows:
         return zero.float()
 
 
+def _checked_inputs(
+    hidden_states: torch.Tensor,
+    lm_head: nn.Module | torch.Tensor,
+    labels: torch.Tensor | None,
+    shift_labels: torch.Tensor | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+    """The head's weight and bias, the next-token targets on the hidden states' device and how many trailing
+    positions have none; a one-line ValueError for shapes or targets that do not fit."""
+    if hidden_states.dim() != 3:
+        raise ValueError(f"`hidden_states` must be (batch, seq, hidden); got shape {tuple(hidden_states.shape)}.")
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive number of rows; got {chunk_size!r}.")
+    weight, bias = lm_head_parameters(lm_head)
+    batch, width, size = hidden_states.shape
+    if weight.shape[1] != size:
+        raise ValueError(f"`lm_head` weight of shape {tuple(weight.shape)} does not take hidden states of size {size}.")
+    targets, drop_last = shifted_targets(labels, shift_labels)
+    if targets.shape != (batch, width - drop_last):
+        raise ValueError(
+            f"labels of shape {tuple(targets.shape)} do not match hidden states of shape {tuple(hidden_states.shape)}."
+        )
+    targets = targets.to(hidden_states.device)
+    check_targets(targets, weight.shape[0])
+    return weight, bias, targets, drop_last
+
+
 def _masked_rows(
     hidden_states: torch.Tensor,
     lm_head: nn.Module | torch.Tensor,
@@ -226,23 +253,8 @@ def _masked_rows(
     logit_scale: float,
     final_logit_softcapping: float | None,
 ) -> _Rows:
-    if hidden_states.dim() != 3:
-        raise ValueError(f"`hidden_states` must be (batch, seq, hidden); got shape {tuple(hidden_states.shape)}.")
-    if chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive number of rows; got {chunk_size!r}.")
-    weight, bias = lm_head_parameters(lm_head)
+    weight, bias, targets, drop_last = _checked_inputs(hidden_states, lm_head, labels, shift_labels, chunk_size)
     batch, width, size = hidden_states.shape
-    if weight.shape[1] != size:
-        raise ValueError(f"`lm_head` weight of shape {tuple(weight.shape)} does not take hidden states of size {size}.")
-    vocab = weight.shape[0]
-    targets, drop_last = shifted_targets(labels, shift_labels)
-    if targets.shape != (batch, width - drop_last):
-        raise ValueError(
-            f"labels of shape {tuple(targets.shape)} do not match hidden states of shape {tuple(hidden_states.shape)}."
-        )
-    targets = targets.to(hidden_states.device)
-    check_targets(targets, vocab)
-
     full = torch.nn.functional.pad(targets, (0, drop_last), value=IGNORE_INDEX) if drop_last else targets
     flat_targets = full.reshape(-1)
     hidden = hidden_states.reshape(-1, size)

@@ -92,6 +92,37 @@ class _FusedEntropyCE(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- public API
+def _plain_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    num_items_in_batch: torch.Tensor | int | None,
+    shift_labels: torch.Tensor | None,
+    return_extra: bool,
+):
+    """``mask_ratio=0`` of :func:`fused_masked_causal_lm_loss`: transformers' own loss, bit for bit."""
+    # Plain SFT bit for bit: transformers' own loss (imported here, see the core's import rule).
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    stats = None
+    loss = ForCausalLMLoss(
+        logits, labels, logits.shape[-1], num_items_in_batch=num_items_in_batch, shift_labels=shift_labels
+    )
+    if not return_extra:
+        return loss, stats
+    targets, drop_last = shifted_targets(labels, shift_labels)
+    scored = logits[:, : logits.shape[1] - drop_last]
+    with torch.no_grad():
+        from .masking import token_entropy
+
+        candidates = targets != IGNORE_INDEX
+        extra = {
+            "num_valid_tokens": candidates.sum(),
+            "entropy_sum": token_entropy(scored)[candidates].sum(),
+            "num_correct_tokens": ((scored.argmax(-1) == targets) & candidates).sum().float(),
+        }
+    return loss, stats, extra
+
+
 def fused_masked_causal_lm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor | None,
@@ -116,27 +147,7 @@ def fused_masked_causal_lm_loss(
     ``chunked_nll`` metrics read: ``num_valid_tokens``, ``entropy_sum``, ``num_correct_tokens``.
     """
     if mask_ratio == 0:
-        # Plain SFT bit for bit: transformers' own loss (imported here, see the core's import rule).
-        from transformers.loss.loss_utils import ForCausalLMLoss
-
-        stats = None
-        loss = ForCausalLMLoss(
-            logits, labels, logits.shape[-1], num_items_in_batch=num_items_in_batch, shift_labels=shift_labels
-        )
-        if not return_extra:
-            return loss, stats
-        targets, drop_last = shifted_targets(labels, shift_labels)
-        scored = logits[:, : logits.shape[1] - drop_last]
-        with torch.no_grad():
-            from .masking import token_entropy
-
-            candidates = targets != IGNORE_INDEX
-            extra = {
-                "num_valid_tokens": candidates.sum(),
-                "entropy_sum": token_entropy(scored)[candidates].sum(),
-                "num_correct_tokens": ((scored.argmax(-1) == targets) & candidates).sum().float(),
-            }
-        return loss, stats, extra
+        return _plain_loss(logits, labels, num_items_in_batch, shift_labels, return_extra)
 
     if logits.dim() != 3:
         raise ValueError(f"`logits` must be (batch, seq, vocab); got shape {tuple(logits.shape)}.")

@@ -32,6 +32,8 @@ import platform
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ..machine import cpu_model
+
 # What a demo worker process needs in its environment before torch starts.
 PINNED_ENV: dict[str, str] = {
     "MKL_CBWR": "COMPATIBLE",
@@ -66,18 +68,6 @@ def pinned_environment() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def numerics_record() -> dict[str, Any]:

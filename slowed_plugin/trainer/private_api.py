@@ -156,6 +156,8 @@ def fused_lm_head_trl() -> bool:
         return Version(version("trl")) >= Version(FUSED_LM_HEAD_TRL)
     except PackageNotFoundError:
         return False
+
+
 # ---------------------------------------------------------------------------------------------- other libraries
 @dataclass(frozen=True)
 class PrivateRead:
@@ -192,12 +194,6 @@ OTHER_READS: tuple[PrivateRead, ...] = (
         "whether a parameter is a ZeRO-3 partition, and its full shape (core/zero.py's functions, for every caller)",
     ),
     PrivateRead("argparse", ("_SubParsersAction",), "cli.py", "the sub-command parser's type (no public name)"),
-    PrivateRead(
-        "concurrent.futures.ProcessPoolExecutor",
-        ("_processes",),
-        "demo/workers.py",
-        "the demo's worker processes (issue 32: the demo's own branch removes this read)",
-    ),
 )
 
 
