@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..files import atomic_write_text
-from .methods import DEFAULT_ANCHOR_RATIO
+from .methods import DEFAULT_ANCHOR_RATIO, SUBSPACE_KEYS
 
 DEFAULT_OUT = "./slowed-demo"
 # The largest tau of the seed-0 sweep (`slowed demo --sweep-tau`) whose last-epoch safety stayed >= 95 %.
@@ -114,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_keys,
         default=None,
         help="Run only these methods of the comparison (or sweep), comma-separated keys such as "
-        "plain,anchor-replay,placebo (keep plain for the comparisons against plain LoRA).",
+        "plain,anchor-replay,placebo (keep plain for the comparisons against plain LoRA); also, by key only, "
+        f"the safety subspace's {','.join(SUBSPACE_KEYS)}.",
     )
     parser.add_argument(
         "--jobs", type=_positive_int, default=None, help="Runs at once, one thread each (default: CPU count, max 8)."
@@ -203,7 +204,7 @@ def choose_world(args: argparse.Namespace):
 def select_methods(args: argparse.Namespace) -> list:
     """The methods this command runs (the comparison or the sweep, narrowed by ``--methods``); ValueError for an
     unknown key."""
-    from .methods import comparison_methods, sweep_methods
+    from .methods import comparison_methods, subspace_methods, sweep_methods
 
     anchor = not args.no_anchor
     ratio = args.anchor_ratio if args.anchor_ratio is not None else DEFAULT_ANCHOR_RATIO
@@ -212,7 +213,8 @@ def select_methods(args: argparse.Namespace) -> list:
         methods = sweep_methods(sorted(taus), args.mask_ratio, anchor=anchor, anchor_ratio=ratio, tau=args.tau)
     else:
         methods = comparison_methods(args.tau, args.mask_ratio, full_ft=args.full_ft, anchor=anchor, anchor_ratio=ratio)
-    if args.methods is not None:
+    if args.methods is not None:  # the subspace methods run only when named
+        methods += [m for m in subspace_methods(args.tau, args.mask_ratio, ratio) if m.key in args.methods]
         known = [m.key for m in methods]
         unknown = [k for k in args.methods if k not in known]
         if unknown:

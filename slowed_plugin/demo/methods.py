@@ -27,6 +27,7 @@ class Method:
     # duplicated distillation chains.
     anchor_ratio: float = DEFAULT_ANCHOR_RATIO
     placebo: bool = False
+    subspace: int | None = None  # the safety subspace's directions per stream; None: no subspace projection
 
     def __post_init__(self) -> None:
         if self.anchor is not None and self.anchor not in ANCHOR_MODES:
@@ -37,7 +38,7 @@ class Method:
     @property
     def uses_slowed(self) -> bool:
         """Whether the run registers ``SLowEDCallback`` (Slow Tuning, masking or the anchor)."""
-        return self.tau is not None or self.mask_ratio > 0 or self.anchor is not None
+        return self.tau is not None or self.mask_ratio > 0 or self.anchor is not None or self.subspace is not None
 
     @property
     def extra_rows(self) -> bool:
@@ -64,6 +65,21 @@ def anchor_methods(
         Method("slowed-anchor", "SLowED + anchor", tau=tau, mask_ratio=mask_ratio, anchor=mode, anchor_ratio=ratio),
         Method("placebo", "placebo", anchor_ratio=ratio, placebo=True),
     ]
+
+
+def subspace_methods(
+    tau: float, mask_ratio: float, ratio: float = DEFAULT_ANCHOR_RATIO, directions: int = 1
+) -> list[Method]:
+    """The safety-subspace projection (issue 29) alone, with SLowED, and with anchor replay. Not in the default
+    comparison: run them by key (``--methods plain,subspace,...``)."""
+    return [
+        Method("subspace", "safety subspace", subspace=directions),
+        Method("slowed-subspace", "SLowED + subspace", tau=tau, mask_ratio=mask_ratio, subspace=directions),
+        Method("anchor-subspace", "anchor replay + subspace", anchor="replay", anchor_ratio=ratio, subspace=directions),
+    ]
+
+
+SUBSPACE_KEYS = tuple(m.key for m in subspace_methods(1.0, 0.0))
 
 
 def comparison_methods(

@@ -216,6 +216,15 @@ def _callbacks(
     if method.uses_slowed:
         anchor = anchor_config(method, world, train)
         extra = {"safety_anchor": anchor} if anchor is not None else {}
+        if method.subspace is not None:  # the anchor's prompts, as a user passes the anchor's files
+            harmful, benign = anchor_prompts(world, train.anchor_prompts)
+            extra["safety_subspace"] = {
+                "prompts": harmful,
+                "benign_prompts": benign,
+                "directions": method.subspace,
+                "use_chat_template": False,
+                "batch_size": train.generation_batch_size,
+            }
         slowed = SLowEDCallback(tau=method.tau, mask_ratio=method.mask_ratio, **extra)
         callbacks.append(slowed)
     demo = DemoCallback(
