@@ -90,8 +90,9 @@ class SLowEDPlugin(BasePlugin):
         # One console: the callback's lines (the anchor's, the end line, the tau warning) go through Axolotl's
         # logger; the start line is this one.
         callback.log, callback.announce_start = LOG, False
-        if config.anchored:
+        if config.anchored or config.subspace:  # the subspace renders its prompts as the anchor does
             callback.anchor_frontend = axolotl_frontend(cfg)
+        if config.anchored:
             if config.safety_anchor["mode"] == "replay":
                 callback.installers.append(step_recount(cfg, LOG))
         callback.attach(trainer)

@@ -49,8 +49,8 @@ class Method:
         """The anchor column of the table: ``replay 5 %``, ``gradient``, ``placebo 5 %`` or ``-``."""
         if self.placebo:
             return f"placebo {self.anchor_ratio * 100:g} %"
-        if self.anchor == "replay":
-            return f"replay {self.anchor_ratio * 100:g} %"
+        if self.anchor in ("replay", "kl"):
+            return f"{self.anchor} {self.anchor_ratio * 100:g} %"
         return self.anchor or "-"
 
 
@@ -70,12 +70,17 @@ def anchor_methods(
 def subspace_methods(
     tau: float, mask_ratio: float, ratio: float = DEFAULT_ANCHOR_RATIO, directions: int = 1
 ) -> list[Method]:
-    """The safety-subspace projection (issue 29) alone, with SLowED, and with anchor replay. Not in the default
-    comparison: run them by key (``--methods plain,subspace,...``)."""
+    """Issue 29's candidates: the safety-subspace projection alone, with SLowED and with anchor replay; the KL
+    anchor alone and with SLowED. Not in the default comparison: run them by key (``--methods plain,subspace``)."""
     return [
         Method("subspace", "safety subspace", subspace=directions),
         Method("slowed-subspace", "SLowED + subspace", tau=tau, mask_ratio=mask_ratio, subspace=directions),
         Method("anchor-subspace", "anchor replay + subspace", anchor="replay", anchor_ratio=ratio, subspace=directions),
+        # The KL anchor (candidate 2): the starting model's whole next-token distribution on its own answers.
+        Method("anchor-kl", "anchor KL", anchor="kl", anchor_ratio=ratio),
+        Method(
+            "slowed-anchor-kl", "SLowED + anchor KL", tau=tau, mask_ratio=mask_ratio, anchor="kl", anchor_ratio=ratio
+        ),
     ]
 
 

@@ -132,7 +132,7 @@ def anchor_config(method: Method, world: World, train: TrainSettings) -> dict[st
         "batch_size": train.generation_batch_size,
         "use_chat_template": False,  # the world's prompts are already formatted, as in training
     }
-    if method.anchor == "replay":
+    if method.anchor in ("replay", "kl"):
         config["ratio"] = method.anchor_ratio
     return config
 

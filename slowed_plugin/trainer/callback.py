@@ -198,6 +198,11 @@ class SLowEDCallback(TrainerCallback):
             )
 
     # ------------------------------------------------------------------ events
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # The anchor's KL mode: its term's gradient, before the step's micro-batches add theirs (issue 29).
+        if self.anchor is not None and self.anchor.mode == "kl" and self.patches.active:
+            self.anchor.kl_step(self.trainer, state.global_step)
+
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # The anchor's gradient mode: the accumulated (and clipped) gradient, projected before the optimizer uses it.
         if self.anchor is not None and self.anchor.mode == "gradient" and self.patches.active:
@@ -243,6 +248,17 @@ class SLowEDCallback(TrainerCallback):
             line = _end_line(self.tuner, self._projections)  # on every rank: sharded norms are gathered
             if state.is_world_process_zero:
                 self.log.info(line)
+        if (
+            self.anchor is not None
+            and self.anchor.mode == "kl"
+            and self.anchor.kl_values
+            and state.is_world_process_zero
+        ):
+            values = self.anchor.kl_values
+            self.log.info(
+                f"SLowED: safety anchor: KL(starting model || model) per answer token on the anchor batches: "
+                f"{values[0]:.4g} at the first of {len(values)} optimizer steps, {values[-1]:.4g} at the last."
+            )
         if self.anchor is not None and self.anchor.mode == "gradient" and state.is_world_process_zero:
             self.log.info(
                 f"SLowED: safety anchor: the gradient was projected at {self.anchor.projected_steps} of "

@@ -108,3 +108,51 @@ def test_dora_is_refused_when_the_subspace_attaches(llama_dir, cot_rows, tmp_pat
     dora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], use_dora=True)
     with pytest.raises(ValueError, match="cannot project DoRA layer"):
         sft_trainer(llama_dir, cot_rows[:8], tmp_path, [callback], peft=dora)
+
+
+def test_kl_mode_adds_the_weighted_kl_gradient_of_its_anchor_batch(llama_dir, cot_rows, tmp_path):
+    """The first step's gradient is the distillation gradient plus ratio/(1-ratio) times the gradient of the
+    per-token KL(adapters off || adapters on) on the anchor batch of step 0, computed here by hand."""
+    from trl_helpers import GradientCatcher
+
+    from slowed_plugin.anchor.kl import token_kl
+
+    rows = cot_rows[:16]
+    kl_anchor = {"prompts": HARMFUL, "benign_prompts": BENIGN, "mode": "kl", "ratio": 0.2, "max_new_tokens": 6}
+    plain_catcher, kl_catcher = GradientCatcher(), GradientCatcher()
+
+    def moved(trainer):  # LoRA B away from 0, the same in every run: the student differs from the teacher
+        gen = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, param in sorted(trainer.model.named_parameters()):
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+        return trainer
+
+    plain = moved(sft_trainer(llama_dir, rows, tmp_path / "plain", [plain_catcher], max_steps=1))
+    plain.train()
+    callback = SLowEDCallback(tau=None, mask_ratio=0, safety_anchor=kl_anchor)
+    trainer = moved(sft_trainer(llama_dir, rows, tmp_path / "kl", [callback, kl_catcher], max_steps=1))
+    # By hand, on a fresh copy of the model with the same adapters.
+    reference = sft_trainer(llama_dir, rows, tmp_path / "ref", [], max_steps=1)
+    reference.model.load_state_dict(trainer.model.state_dict())
+    batch = callback.anchor._batch(trainer, 0)
+    labels = batch.pop("labels")
+    batch.pop("num_items_in_batch", None)
+    model = reference.model
+    with torch.no_grad(), model.disable_adapter():
+        teacher = model(**batch).logits
+    (0.25 * token_kl(model(**batch).logits, teacher, labels)).backward()
+    expected_kl = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    trainer.train()
+    with torch.no_grad():
+        kl = float(token_kl(model(**batch).logits, teacher, labels))
+    assert len(callback.anchor.kl_values) == 1 and callback.anchor.kl_values[0] == pytest.approx(kl, rel=1e-4)
+    assert kl > 1e-3
+    assert set(kl_catcher.grads) == set(plain_catcher.grads)
+    for name, grad in kl_catcher.grads.items():
+        extra = expected_kl.get(name, torch.zeros_like(grad))
+        torch.testing.assert_close(grad, plain_catcher.grads[name] + extra, rtol=1e-4, atol=1e-7)
+    # The term matters: its gradient is a visible part of the step's.
+    total = sum(float(g.norm()) ** 2 for g in expected_kl.values()) ** 0.5
+    assert total > 1e-3 * sum(float(g.norm()) ** 2 for g in plain_catcher.grads.values()) ** 0.5
