@@ -72,10 +72,23 @@ def subspace_methods(
 ) -> list[Method]:
     """Issue 29's candidates: the safety-subspace projection alone, with SLowED and with anchor replay; the KL
     anchor alone and with SLowED. Not in the default comparison: run them by key (``--methods plain,subspace``)."""
+    methods = []
+    for k, suffix in ((directions, ""), (8, "-k8")):  # one direction per stream, and eight (a wider subspace)
+        methods += [
+            Method(f"subspace{suffix}", f"safety subspace{suffix}", subspace=k),
+            Method(
+                f"slowed-subspace{suffix}", f"SLowED + subspace{suffix}", tau=tau, mask_ratio=mask_ratio, subspace=k
+            ),
+            Method(
+                f"anchor-subspace{suffix}",
+                f"anchor replay + subspace{suffix}",
+                anchor="replay",
+                anchor_ratio=ratio,
+                subspace=k,
+            ),
+        ]
     return [
-        Method("subspace", "safety subspace", subspace=directions),
-        Method("slowed-subspace", "SLowED + subspace", tau=tau, mask_ratio=mask_ratio, subspace=directions),
-        Method("anchor-subspace", "anchor replay + subspace", anchor="replay", anchor_ratio=ratio, subspace=directions),
+        *methods,
         # The KL anchor (candidate 2): the starting model's whole next-token distribution on its own answers.
         Method("anchor-kl", "anchor KL", anchor="kl", anchor_ratio=ratio),
         Method(
