@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from slowed_plugin.anchor import CONFIG_KEYS as ANCHOR_KEYS  # noqa: E402
 from slowed_plugin.anchor import DEFAULTS as ANCHOR_DEFAULTS  # noqa: E402
+from slowed_plugin.anchor.subspace_settings import CONFIG_KEYS as SUBSPACE_KEYS  # noqa: E402
+from slowed_plugin.anchor.subspace_settings import DEFAULTS as SUBSPACE_DEFAULTS  # noqa: E402
 from slowed_plugin.axolotl.memory import recipes_table  # noqa: E402
 from slowed_plugin.config import SLowEDConfig  # noqa: E402
 from slowed_plugin.monitor_settings import CONFIG_KEYS  # noqa: E402
@@ -64,6 +66,13 @@ def anchor_defaults() -> dict[str, str]:
     }
 
 
+def subspace_defaults() -> dict[str, str]:
+    return {
+        key: f"`{yaml_value(SUBSPACE_DEFAULTS[key])}`" if key in SUBSPACE_DEFAULTS else "required"
+        for key in SUBSPACE_KEYS
+    }
+
+
 def _cell(text: str) -> str:
     # A bare `|` (as in ||ΔW||_F) would end the cell.
     return text.replace("|", "\\|")
@@ -86,6 +95,9 @@ BLOCKS: dict[tuple[str, str], Callable[[Path], str]] = {
     ("docs/axolotl.md", "keys"): lambda root: key_table(SLowEDConfig.help(), config_defaults(), prefix="slowed."),
     ("docs/evaluation.md", "monitor-keys"): lambda root: key_table(CONFIG_KEYS),
     ("docs/anchor.md", "anchor-keys"): lambda root: key_table(ANCHOR_KEYS, anchor_defaults(), prefix="safety_anchor."),
+    ("docs/anchor.md", "subspace-keys"): lambda root: key_table(
+        SUBSPACE_KEYS, subspace_defaults(), prefix="safety_subspace."
+    ),
     ("recipes/README.md", "memory"): lambda root: recipes_table(root / "recipes"),
 }
 

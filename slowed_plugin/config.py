@@ -136,6 +136,19 @@ class SLowEDConfig:
         },
     )
 
+    safety_subspace: Mapping[str, Any] | None = field(
+        default=None,
+        hash=False,
+        metadata={
+            "help": "Safety-subspace projection (beyond the paper): a mapping with `prompts` and `benign_prompts` "
+            "(required; the anchor's files serve) and optional directions (default 1), prompt_column, "
+            "use_chat_template, batch_size (docs/anchor.md). Before training, the starting model's hidden states "
+            "on them give per residual stream the direction(s) that tell harmful from benign; wherever Slow "
+            "Tuning projects (or each epoch without tau), every weight change is projected off them: "
+            "ΔW <- (I - P_out) ΔW (I - P_in), before the ball. null: no projection."
+        },
+    )
+
     def __post_init__(self) -> None:
         # Checked and converted once (numbers as users write them, ints to floats so that `[10, 0.2]` and
         # `{tau: 10.0, ...}` compare equal); from_value has already checked YAML values in YAML wording.
@@ -164,9 +177,14 @@ class SLowEDConfig:
         return self.safety_anchor is not None
 
     @property
+    def subspace(self) -> bool:
+        """Whether the safety-subspace projection is on."""
+        return self.safety_subspace is not None
+
+    @property
     def active(self) -> bool:
         """Whether SLowED changes training at all."""
-        return self.slow_tuning or self.masking or self.anchored
+        return self.slow_tuning or self.masking or self.anchored or self.subspace
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
@@ -239,7 +257,10 @@ class SLowEDConfig:
         if self.anchored:
             a = self.safety_anchor
             anchor = f"; safety anchor {a['mode']}" + (f" (ratio {a['ratio']:g})" if a["mode"] == "replay" else "")
-        return f"SLowED: {slow}; {mask}{monitor}{anchor}"
+        subspace = ""
+        if self.subspace:
+            subspace = f"; safety subspace ({self.safety_subspace['directions']} direction(s) per stream)"
+        return f"SLowED: {slow}; {mask}{monitor}{anchor}{subspace}"
 
 
 def _plain(value: Any) -> Any:
@@ -280,6 +301,11 @@ def _checked(values: dict[str, Any], spelling: Spelling) -> dict[str, Any]:
 
         checked = check_anchor_config(values["safety_anchor"], spelling=spelling.child("safety_anchor"))
         out["safety_anchor"] = MappingProxyType(checked)
+    if values.get("safety_subspace") is not None:
+        from .anchor.subspace_settings import check_subspace_config  # pure Python, like this module
+
+        checked = check_subspace_config(values["safety_subspace"], spelling=spelling.child("safety_subspace"))
+        out["safety_subspace"] = MappingProxyType(checked)
     return out
 
 

@@ -23,7 +23,7 @@ from ..checks import (
     yaml_spelling,
 )
 
-MODES = ("replay", "gradient")
+MODES = ("replay", "gradient", "kl")
 
 # key -> help; the order is the docs' order (docs/anchor.md lists every key).
 CONFIG_KEYS: dict[str, str] = {
@@ -35,10 +35,14 @@ CONFIG_KEYS: dict[str, str] = {
     "prompt_column": "Column holding the prompts in a CSV/JSONL/hub set; default: prompt, goal, instruction, ... .",
     "mode": "`replay` (default): the anchor rows are mixed into the training data. `gradient`: no anchor rows "
     "in the loss; each optimizer step's gradient g is projected so that it does not increase the loss on a "
-    "batch of anchor rows (A-GEM): if g·r < 0, g -= (g·r / r·r) r. Costs one more forward and backward per step.",
+    "batch of anchor rows (A-GEM): if g·r < 0, g -= (g·r / r·r) r. Costs one more forward and backward per step. "
+    "`kl` (issue 29): no anchor rows in the loss; each optimizer step adds ratio/(1-ratio) times the per-token "
+    "KL(starting model || model) on a batch of anchor rows (teacher: the adapters off; LoRA only). Costs two "
+    "more forwards and a backward per step.",
     "ratio": "Replay: share of anchor rows in the mixed training set, 0 < ratio < 1; default 0.05 (n training "
-    "rows gain round(ratio·n / (1 - ratio)) anchor rows, each seen once per epoch).",
-    "replay_batch_size": "Gradient mode: anchor rows in each step's reference batch; default: the trainer's "
+    "rows gain round(ratio·n / (1 - ratio)) anchor rows, each seen once per epoch). KL: the term's weight is "
+    "ratio / (1 - ratio).",
+    "replay_batch_size": "Gradient and KL modes: anchor rows in each step's reference batch; default: the trainer's "
     "per-device batch size.",
     "seed": "Seed of the draw of which prompts answer and of the gradient mode's batch order; default 0.",
     "max_new_tokens": "Tokens generated per anchor answer; default 64.",

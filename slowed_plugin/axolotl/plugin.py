@@ -93,7 +93,8 @@ class SLowEDPlugin(BasePlugin):
             config,
             log=LOG,
             announce_start=False,
-            anchor_frontend=axolotl_frontend(cfg) if config.anchored else None,
+            # the subspace renders its prompts as the anchor does
+            anchor_frontend=axolotl_frontend(cfg) if config.anchored or config.subspace else None,
             installers=[step_recount(cfg, LOG)] if replay else [],
         )
         callback.attach(trainer)

@@ -71,6 +71,15 @@ class WeightAccess:
             reference = distribute_tensor(reference, param.device_mesh, param.placements)
         param.copy_(reference + factor * (param.detach().float() - reference))
 
+    def set_(self, param: torch.Tensor, value: torch.Tensor) -> None:
+        """``param <- value`` (the whole tensor; laid out like a sharded parameter). Used by the safety subspace."""
+        value = value.to(param.device, param.dtype)
+        if _is_dtensor(param):
+            from torch.distributed.tensor import distribute_tensor
+
+            value = distribute_tensor(value, param.device_mesh, param.placements)
+        param.copy_(value)
+
 
 class ZeroAccess(WeightAccess):
     """DeepSpeed ZeRO stage 1, 2 or 3: read the fp32 master, write master and module copy."""
@@ -96,6 +105,9 @@ class ZeroAccess(WeightAccess):
         value = self.read(param)
         reference = reference.to(value.device, torch.float32)
         self._write(param, reference + factor * (value - reference))
+
+    def set_(self, param: torch.Tensor, value: torch.Tensor) -> None:
+        self._write(param, value.float())
 
     def _write(self, param: torch.Tensor, value: torch.Tensor) -> None:
         from deepspeed.utils import safe_set_full_fp32_param

@@ -15,7 +15,7 @@ import sys
 import time
 
 from ..files import atomic_write_text
-from .methods import DEFAULT_ANCHOR_RATIO, DEFAULT_KEYS
+from .methods import DEFAULT_ANCHOR_RATIO, DEFAULT_KEYS, SUBSPACE_KEYS
 
 DEFAULT_OUT = "./slowed-demo"
 # The largest tau of the seed-0 sweep (`slowed demo --sweep-tau`) whose last-epoch safety stayed >= 95 %.
@@ -115,7 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Run these methods of the comparison (or sweep), comma-separated keys such as "
         "plain,anchor-replay,placebo (keep plain for the comparisons against plain LoRA), or all. Default: "
-        "plain, slowed, anchor-replay, slowed-anchor (the sweep: all of its methods).",
+        "plain, slowed, anchor-replay, slowed-anchor (the sweep: all of its methods). By key only: "
+        f"the safety subspace and KL anchor candidates {','.join(SUBSPACE_KEYS)}.",
     )
     parser.add_argument(
         "--jobs", type=_positive_int, default=None, help="Runs at once, one thread each (default: CPU count, max 8)."
@@ -217,7 +218,7 @@ def choose_world(args: argparse.Namespace):
 def select_methods(args: argparse.Namespace) -> list:
     """The methods this command runs (the comparison or the sweep, narrowed by ``--methods``); ValueError for an
     unknown key."""
-    from .methods import comparison_methods, sweep_methods
+    from .methods import comparison_methods, subspace_methods, sweep_methods
 
     anchor = not args.no_anchor
     ratio = args.anchor_ratio if args.anchor_ratio is not None else DEFAULT_ANCHOR_RATIO
@@ -230,6 +231,7 @@ def select_methods(args: argparse.Namespace) -> list:
         return methods if args.sweep_tau else [m for m in methods if m.key in DEFAULT_KEYS]
     if args.methods == ["all"]:
         return methods
+    methods += subspace_methods(args.tau, args.mask_ratio, ratio)  # issue 29's candidates run only when named
     known = [m.key for m in methods]
     unknown = [k for k in args.methods if k not in known]
     if unknown:

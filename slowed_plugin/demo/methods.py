@@ -27,6 +27,7 @@ class Method:
     # duplicated distillation chains.
     anchor_ratio: float = DEFAULT_ANCHOR_RATIO
     placebo: bool = False
+    subspace: int | None = None  # the safety subspace's directions per stream; None: no subspace projection
 
     def __post_init__(self) -> None:
         if self.anchor is not None and self.anchor not in ANCHOR_MODES:
@@ -37,7 +38,7 @@ class Method:
     @property
     def uses_slowed(self) -> bool:
         """Whether the run registers ``SLowEDCallback`` (Slow Tuning, masking or the anchor)."""
-        return self.tau is not None or self.mask_ratio > 0 or self.anchor is not None
+        return self.tau is not None or self.mask_ratio > 0 or self.anchor is not None or self.subspace is not None
 
     @property
     def extra_rows(self) -> bool:
@@ -48,8 +49,8 @@ class Method:
         """The anchor column of the table: ``replay 5 %``, ``gradient``, ``placebo 5 %`` or ``-``."""
         if self.placebo:
             return f"placebo {self.anchor_ratio * 100:g} %"
-        if self.anchor == "replay":
-            return f"replay {self.anchor_ratio * 100:g} %"
+        if self.anchor in ("replay", "kl"):
+            return f"{self.anchor} {self.anchor_ratio * 100:g} %"
         return self.anchor or "-"
 
 
@@ -64,6 +65,39 @@ def anchor_methods(
         Method("slowed-anchor", "SLowED + anchor", tau=tau, mask_ratio=mask_ratio, anchor=mode, anchor_ratio=ratio),
         Method("placebo", "placebo", anchor_ratio=ratio, placebo=True),
     ]
+
+
+def subspace_methods(
+    tau: float, mask_ratio: float, ratio: float = DEFAULT_ANCHOR_RATIO, directions: int = 1
+) -> list[Method]:
+    """Issue 29's candidates: the safety-subspace projection alone, with SLowED and with anchor replay; the KL
+    anchor alone and with SLowED. Not in the default comparison: run them by key (``--methods plain,subspace``)."""
+    methods = []
+    for k, suffix in ((directions, ""), (8, "-k8")):  # one direction per stream, and eight (a wider subspace)
+        methods += [
+            Method(f"subspace{suffix}", f"safety subspace{suffix}", subspace=k),
+            Method(
+                f"slowed-subspace{suffix}", f"SLowED + subspace{suffix}", tau=tau, mask_ratio=mask_ratio, subspace=k
+            ),
+            Method(
+                f"anchor-subspace{suffix}",
+                f"anchor replay + subspace{suffix}",
+                anchor="replay",
+                anchor_ratio=ratio,
+                subspace=k,
+            ),
+        ]
+    return [
+        *methods,
+        # The KL anchor (candidate 2): the starting model's whole next-token distribution on its own answers.
+        Method("anchor-kl", "anchor KL", anchor="kl", anchor_ratio=ratio),
+        Method(
+            "slowed-anchor-kl", "SLowED + anchor KL", tau=tau, mask_ratio=mask_ratio, anchor="kl", anchor_ratio=ratio
+        ),
+    ]
+
+
+SUBSPACE_KEYS = tuple(m.key for m in subspace_methods(1.0, 0.0))
 
 
 # The comparison `slowed demo` runs without `--methods`: the collapse (plain LoRA), SLowED, the anchor, and both

@@ -164,7 +164,7 @@ def anchor_config(method: Method, world: World, train: TrainSettings) -> dict[st
         "batch_size": train.generation_batch_size,
         "use_chat_template": False,  # the world's prompts are already formatted, as in training
     }
-    if method.anchor == "replay":
+    if method.anchor in ("replay", "kl"):
         config["ratio"] = method.anchor_ratio
     return config
 
@@ -248,6 +248,15 @@ def _callbacks(
     if method.uses_slowed:
         anchor = anchor_config(method, world, train)
         extra = {"safety_anchor": anchor} if anchor is not None else {}
+        if method.subspace is not None:  # the anchor's prompts, as a user passes the anchor's files
+            harmful, benign = anchor_prompts(world, train.anchor_prompts)
+            extra["safety_subspace"] = {
+                "prompts": harmful,
+                "benign_prompts": benign,
+                "directions": method.subspace,
+                "use_chat_template": False,
+                "batch_size": train.generation_batch_size,
+            }
         slowed = SLowEDCallback(tau=method.tau, mask_ratio=method.mask_ratio, **extra)
         callbacks.append(slowed)
     demo = DemoCallback(

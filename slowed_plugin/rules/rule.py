@@ -39,7 +39,7 @@ def anchored(config: SLowEDConfig) -> bool:
 
 
 def gradient_anchor(config: SLowEDConfig) -> bool:
-    return config.anchored and config.safety_anchor["mode"] == "gradient"
+    return config.anchored and config.safety_anchor["mode"] in ("gradient", "kl")  # both use the whole gradient
 
 
 @dataclass(frozen=True)

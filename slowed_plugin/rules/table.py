@@ -14,6 +14,7 @@ from .anchor_checks import (
 )
 from .engines import deepspeed_args, deepspeed_axolotl, deepspeed_trainer, fsdp_args, fsdp_axolotl, fsdp_trainer
 from .rule import Rule, above_one, active, anchored, gradient_anchor, masking, online_masking, slow_tuning
+from .subspace_checks import subspace, subspace_sharded_args, subspace_sharded_axolotl, subspace_sharded_trainer
 from .training import (
     adapter_kind_axolotl,
     adapter_start_axolotl,
@@ -156,6 +157,15 @@ RULES: tuple[Rule, ...] = (
         trl_args=sharded_args,
         trl_trainer=sharded_trainer,
         axolotl=sharded_axolotl,
+        reads=("deepspeed", "fsdp", "fsdp_config"),
+    ),
+    Rule(
+        "safety subspace without DeepSpeed or FSDP",
+        subspace,
+        "the projection reads and writes each weight whole; not tested with sharded weights.",
+        trl_args=subspace_sharded_args,
+        trl_trainer=subspace_sharded_trainer,
+        axolotl=subspace_sharded_axolotl,
         reads=("deepspeed", "fsdp", "fsdp_config"),
     ),
     Rule(

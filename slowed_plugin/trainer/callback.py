@@ -86,9 +86,11 @@ class SLowEDCallback(TrainerCallback):
         self._train_dataset: Any = None  # the training set SLowED trains on instead (anchor rows, reference mask)
         self.anchor: SafetyAnchor | None = None
         self.anchor_frontend = anchor_frontend
+        self.subspace: Any = None  # the safety subspace's projector (SubspaceProjector), built at attach
         self._projected_at: int | None = None  # global step of the last projection
         self._seen_listed = False
         self._projections: list[ProjectionReport] = []  # this run's, for the end line and the tau check
+        self._subspace_reports: list[Any] = []  # this run's safety-subspace projections, for the end line
         self.log = logger if log is None else log
         self.announce_start = announce_start
         # Guards that masking really trains (another component may compute the loss instead).
@@ -124,6 +126,8 @@ class SLowEDCallback(TrainerCallback):
                 self.metrics.record_mask,
                 lambda: trainer.state.global_step + 1,
             )
+        if self.config.subspace:
+            self.subspace = self._build_subspace(trainer)
         dataset = trainer.train_dataset
         if self.config.anchored:
             self.anchor = SafetyAnchor(self.config.safety_anchor, log=self.log)
@@ -167,8 +171,8 @@ class SLowEDCallback(TrainerCallback):
             patches.install_kept_token_count(installed, trainer, self.config)
         if self._train_dataset is not None:
             patches.replace_train_dataset(installed, trainer, lambda _: self._train_dataset)
-        if self.tuner is not None:
-            write_reference = self._save_reference if self.tuner.dense else None
+        if self.tuner is not None or self.subspace is not None:
+            write_reference = self._save_reference if self.tuner is not None and self.tuner.dense else None
             patches.install_checkpoint_hook(installed, trainer, self._project_before_checkpoint, write_reference)
         patches.install_metrics_log(installed, trainer, self.metrics.drain)
         for install in self.installers:
@@ -200,6 +204,7 @@ class SLowEDCallback(TrainerCallback):
         if self.config.online_masking:
             self._warmup_kernels(args)
         self._projections = []
+        self._subspace_reports = []
         if self.announce_start and state.is_world_process_zero:
             self.log.info(self.config.describe())
         if self.tuner is not None and self.tuner.dense and state.global_step > 0:
@@ -212,6 +217,11 @@ class SLowEDCallback(TrainerCallback):
             )
 
     # ------------------------------------------------------------------ events
+    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # The anchor's KL mode: its term's gradient, before the step's micro-batches add theirs (issue 29).
+        if self.anchor is not None and self.anchor.mode == "kl" and self.patches.active:
+            self.anchor.kl_step(self.trainer, state.global_step)
+
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         # The anchor's gradient mode: the accumulated (and clipped) gradient, projected before the optimizer uses it.
         if self.anchor is not None and self.anchor.mode == "gradient" and self.patches.active:
@@ -226,7 +236,7 @@ class SLowEDCallback(TrainerCallback):
                     "that component, or set `mask_ratio: 0`."
                 )
             self._verified = True
-        if self.tuner is None:
+        if self.tuner is None and self.subspace is None:
             return
         every = self.config.project_every
         due = (
@@ -240,18 +250,34 @@ class SLowEDCallback(TrainerCallback):
 
     def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         # Reached without the last step's projection when the epoch's step count is unknown (iterable datasets).
-        if self.tuner is not None and self.config.project_every == "epoch":
+        if (self.tuner is not None or self.subspace is not None) and self.config.project_every == "epoch":
             self._project(state, control)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         # Guards a loop that ended without reaching `on_step_end` of its last step.
-        if self.tuner is not None and self._projected_at != state.global_step:
-            self._projections.append(self.tuner.project())
+        if (self.tuner is not None or self.subspace is not None) and self._projected_at != state.global_step:
+            if self.subspace is not None:  # first: the ball's scaling keeps its zero components zero
+                self._subspace_reports.append(self.subspace.project())
+            if self.tuner is not None:
+                self._projections.append(self.tuner.project())
             self._projected_at = state.global_step
+        if self.subspace is not None and state.is_world_process_zero:
+            self.log.info(_subspace_end_line(self._subspace_reports))
         if self.tuner is not None:
             line = _end_line(self.tuner, self._projections)  # on every rank: sharded norms are gathered
             if state.is_world_process_zero:
                 self.log.info(line)
+        if (
+            self.anchor is not None
+            and self.anchor.mode == "kl"
+            and self.anchor.kl_values
+            and state.is_world_process_zero
+        ):
+            values = self.anchor.kl_values
+            self.log.info(
+                f"SLowED: safety anchor: KL(starting model || model) per answer token on the anchor batches: "
+                f"{values[0]:.4g} at the first of {len(values)} optimizer steps, {values[-1]:.4g} at the last."
+            )
         if self.anchor is not None and self.anchor.mode == "gradient" and state.is_world_process_zero:
             self.log.info(
                 f"SLowED: safety anchor: the gradient was projected at {self.anchor.projected_steps} of "
@@ -267,6 +293,16 @@ class SLowEDCallback(TrainerCallback):
         if self._projected_at == state.global_step:
             return
         self._projected_at = state.global_step
+        if self.subspace is not None:
+            # Before the ball: the projection never lengthens ΔW, and the ball's scaling by a number keeps the
+            # components it removed at zero, so the result satisfies both (tests/core/test_subspace.py).
+            removed = self.subspace.project()
+            self._subspace_reports.append(removed)
+            self.metrics.record_subspace(removed)
+        if self.tuner is None:
+            if control is not None:
+                control.should_log = True
+            return
         report = self.tuner.project()
         self._projections.append(report)
         self.metrics.record_projection(report)
@@ -274,6 +310,25 @@ class SLowEDCallback(TrainerCallback):
             self.log.warning(_unbound_tau_warning(self.tuner.tau, report, state.global_step))
         if control is not None:
             control.should_log = True  # the projection's metrics reach the logs at this step
+
+    def _build_subspace(self, trainer: Trainer) -> Any:
+        """The safety subspace's projector, its directions taken from the starting model (adapters off)."""
+        from .safety_subspace import build_projector
+
+        settings = dict(self.config.safety_subspace)
+        use_template = settings["use_chat_template"]
+        if use_template is None and self.config.anchored:
+            use_template = self.config.safety_anchor["use_chat_template"]
+        make_frontend = self.anchor_frontend or trl_frontend
+        frontend = make_frontend(trainer, {"use_chat_template": use_template})
+        return build_projector(
+            trainer,
+            settings,
+            frontend.render,
+            frontend.add_special_tokens,
+            self.config.reference_device,
+            log=self.log,
+        )
 
     def _project_before_checkpoint(self) -> None:
         # A save the step's events did not announce (e.g. `save_strategy="best"`): its metrics go to the next row.
@@ -328,6 +383,16 @@ def _end_line(tuner: SlowTuner, reports: list[ProjectionReport]) -> str:
     return (
         f"SLowED: trained weights satisfy max ||ΔW||_F = {largest:.4g} <= tau = {tuner.tau:g} "
         f"({projected} of {len(reports)} projections this run scaled at least one of {len(tuner.weights)} weights)."
+    )
+
+
+def _subspace_end_line(reports: list[Any]) -> str:
+    largest = max((r.max_removed for r in reports), default=0.0)
+    mean = sum(r.mean_removed for r in reports) / max(1, len(reports))
+    return (
+        f"SLowED: safety subspace: {len(reports)} projections this run removed up to {largest:.1%} of a weight's "
+        f"change (mean {mean:.1%} per weight and projection); no adapted weight change has a component along the "
+        "safety directions."
     )
 
 

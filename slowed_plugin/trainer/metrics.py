@@ -14,6 +14,8 @@ METRICS = (
     "slowed/max_delta_norm",
     "slowed/layers_projected",
     "slowed/min_scale",
+    "slowed/subspace_removed_max",
+    "slowed/subspace_removed_mean",
 )
 
 
@@ -36,10 +38,20 @@ class SLowEDMetrics:
 
     def record_projection(self, report: ProjectionReport) -> None:
         self._projection = {
+            **self._projection,
             "slowed/max_delta_norm": report.max_norm,
             "slowed/layers_projected": float(report.num_projected),
             "slowed/min_scale": report.min_scale,
         }
+
+    def record_subspace(self, report) -> None:
+        """The safety subspace's projection: the largest and the mean share of a weight's change it removed."""
+        self._projection.update(
+            {
+                "slowed/subspace_removed_max": report.max_removed,
+                "slowed/subspace_removed_mean": report.mean_removed,
+            }
+        )
 
     def drain(self) -> dict[str, float]:
         """Metrics accumulated since the last call (reduced over processes), then reset."""

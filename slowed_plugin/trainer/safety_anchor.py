@@ -166,6 +166,7 @@ class SafetyAnchor:
         self.cache_file: str | None = None
         self.projected_steps = 0
         self.constrained_steps = 0
+        self.kl_values: list[float] = []  # KL mode: the term at each optimizer step (before its update)
 
     # ------------------------------------------------------------------ building
     def prompts(self) -> tuple[list[str], list[str]]:
@@ -218,6 +219,8 @@ class SafetyAnchor:
             f"mixed into the training set ({self.settings['ratio']:g} of its rows)"
             if self.mode == "replay"
             else "as the gradient constraint's reference"
+            if self.mode == "gradient"
+            else f"as the KL term's reference (weight {self.settings['ratio'] / (1 - self.settings['ratio']):.3g})"
         )
         share = "n/a" if self.refusal_share is None else f"{self.refusal_share:.0%}"
         self.log.info(
@@ -298,6 +301,34 @@ class SafetyAnchor:
         batch = trainer.data_collator(features)
         device = next(trainer.model.parameters()).device
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ KL mode
+    def kl_step(self, trainer: Any, step: int) -> float:
+        """Add the gradient of ``ratio/(1-ratio) · KL(teacher || student)`` on the anchor batch of ``step`` to the
+        parameters' gradients. Called when an optimizer step begins, before its micro-batches: their gradients
+        accumulate onto it, and clipping then sees the sum, as if the term were part of the loss."""
+        from ..anchor.answers import adapters_disabled
+        from ..anchor.kl import kl_weight, token_kl
+
+        model = trainer.model
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError(
+                "`safety_anchor.mode: kl` needs PEFT adapters (its teacher is the model with the adapters off); "
+                "for full fine-tuning use `replay` or `gradient`."
+            )
+        if getattr(trainer.args, "fp16", False):  # the term's backward would bypass the fp16 loss scaler
+            raise ValueError("`safety_anchor.mode: kl` does not support `fp16=True`; use bf16 or fp32.")
+        batch = self._batch(trainer, step)
+        labels = batch.pop("labels")
+        batch.pop("num_items_in_batch", None)
+        with torch.no_grad(), adapters_disabled(model):
+            teacher = model(**batch).logits.detach()
+        with trainer.compute_loss_context_manager():
+            student = model(**batch).logits
+        kl = token_kl(student, teacher, labels)
+        (kl_weight(self.settings["ratio"]) * kl).backward()  # the unwrapped module: every rank uses the same batch
+        self.kl_values.append(float(kl.detach()))
+        return self.kl_values[-1]
 
     @staticmethod
     def _replay_loss(trainer: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -215,3 +215,26 @@ def test_anchor_prompt_problems_are_one_error_line_with_one_key_prefix(tmp_path)
         errors = [line.strip() for line in out.splitlines() if line.strip().startswith("error")]
         assert status == 1 and len(errors) == 1, out
         assert f"`slowed.safety_anchor.prompts` {reason}" in errors[0], errors[0]
+
+
+def test_the_safety_subspace_is_one_key_of_the_slowed_block_and_its_problems_one_error_line(tmp_path):
+    """Issue 29: `slowed.safety_subspace` beside tau, checked before any model loads (resolved with its defaults;
+    a missing benign set, or DeepSpeed, refused in one line naming the key)."""
+    subspace = {"prompts": ["how do i steal a car ?"], "benign_prompts": ["how do i bake bread ?"]}
+    status, out = _check(tmp_path, _variant(slowed={"tau": 1.5, "mask_ratio": 0.2, "safety_subspace": subspace}))
+    assert status == 0, out
+    cases = (
+        (_variant(slowed={"tau": 1.5, "mask_ratio": 0, "safety_subspace": {"prompts": ["x"]}}), "benign_prompts"),
+        (
+            _variant(
+                slowed={"tau": None, "mask_ratio": 0, "safety_subspace": subspace},
+                deepspeed={"zero_optimization": {"stage": 2}},
+            ),
+            "is not supported with `deepspeed`",
+        ),
+    )
+    for recipe, reason in cases:
+        status, out = _check(tmp_path, recipe)
+        errors = [line.strip() for line in out.splitlines() if line.strip().startswith("error")]
+        assert status == 1 and len(errors) == 1, out
+        assert "`slowed.safety_subspace" in errors[0] and reason in errors[0], errors[0]
