@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .zero import WeightAccess, access_for
+from .zero import WeightAccess, access_for, zero_shape
 
 _PLAIN = WeightAccess()
 
@@ -290,10 +290,10 @@ class SubspaceProjector:
                     lora_a, lora_b = module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
                 else:
                     lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-                shape = tuple(getattr(lora_a, "ds_shape", lora_a.shape))
+                shape = zero_shape(lora_a)
                 if len(shape) != 2:
                     raise ValueError(f"the safety subspace supports linear and embedding LoRA layers; {name} is not.")
-                in_dim, out_dim = shape[1], tuple(getattr(lora_b, "ds_shape", lora_b.shape))[0]
+                in_dim, out_dim = shape[1], zero_shape(lora_b)[0]
                 side = self._side(module_name, module, in_dim, out_dim)
                 self.lora.append(_LoraWeight(name, lora_a, lora_b, side, embedding))
                 owned.update((id(lora_a), id(lora_b)))
@@ -304,7 +304,7 @@ class SubspaceProjector:
                 continue
             module_name, _, kind = param_name.rpartition(".")
             module = modules.get(module_name)
-            shape = tuple(getattr(param, "ds_shape", param.shape))
+            shape = zero_shape(param)
             if kind == "bias" and isinstance(module, nn.Linear):
                 side = self._side(module_name, module, module.in_features, module.out_features)
                 if side.u_out is None:  # the bias of a weight that reads the stream adds nothing to it

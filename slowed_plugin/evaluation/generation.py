@@ -129,29 +129,39 @@ def model_device(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _generation_mode(model: Any, tokenizer: Any) -> Iterator[tuple[int, list[int] | int | None]]:
-    """Eval mode, left padding and a pad token for the duration of the call; all restored afterwards."""
-    was_training = model.training
-    padding_side = tokenizer.padding_side
-    pad_token = tokenizer.pad_token
-    model.eval()
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError("Batched generation needs a pad or an EOS token; this tokenizer has neither.")
+def padding(tokenizer: Any, side: str, purpose: str) -> Iterator[None]:
+    """The caller's tokenizer pads on ``side``, with its EOS token as pad token if it has none, for the duration;
+    both restored afterwards (a row of trainer/patches.py's table). ``purpose`` names the caller in the error of a
+    tokenizer with neither a pad nor an EOS token."""
+    padding_side, pad_token = tokenizer.padding_side, tokenizer.pad_token
+    if pad_token is None and tokenizer.eos_token is None:
+        raise ValueError(f"{purpose} needs a pad or an EOS token; this tokenizer has neither.")
+    tokenizer.padding_side = side
+    if pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    generation_config = getattr(model, "generation_config", None)
-    eos_ids = getattr(generation_config, "eos_token_id", None)
-    if eos_ids is None:
-        eos_ids = tokenizer.eos_token_id
     try:
-        yield tokenizer.pad_token_id, eos_ids
+        yield
     finally:
         tokenizer.padding_side = padding_side
         if pad_token is None:
             tokenizer.pad_token = None
-        if was_training:
-            model.train()
+
+
+@contextlib.contextmanager
+def _generation_mode(model: Any, tokenizer: Any) -> Iterator[tuple[int, list[int] | int | None]]:
+    """Eval mode, left padding and a pad token for the duration of the call; all restored afterwards."""
+    was_training = model.training
+    generation_config = getattr(model, "generation_config", None)
+    eos_ids = getattr(generation_config, "eos_token_id", None)
+    with padding(tokenizer, "left", "Batched generation"):
+        if eos_ids is None:
+            eos_ids = tokenizer.eos_token_id
+        model.eval()
+        try:
+            yield tokenizer.pad_token_id, eos_ids
+        finally:
+            if was_training:
+                model.train()
 
 
 def _progress(batches: list[list[int]], desc: str | None, total: int) -> Iterator[list[int]]:

@@ -48,8 +48,9 @@ callback order                 a ``SafetyMonitorCallback`` moves       ``SafetyM
 output head (a unit of its     own call, so FSDP2 gathers its weight   lm_head.in_head_forward`     call, first
 own)                           and reduces its gradient over ranks                                  thing
 tokenizer ``padding_side``,    batched generation of the safety        ``slowed_plugin.evaluation.  the end of the
-``pad_token`` (the caller's)   evaluation pads on the left             generation._generation_      call
-                                                                       mode``
+``pad_token`` (the caller's)   evaluation pads on the left; the        generation.padding``         call
+                               safety subspace's hidden states on
+                               the right
 ``sys.excepthook`` (the        SLowED's config error under ``axolotl   ``slowed_plugin.axolotl.     never: once per
 ``axolotl train`` process)     train`` prints one line, then exits     guard._install_excepthook``  process; every
                                by ``os._exit`` after the telemetry's   (only when SLowED's own      other error goes

@@ -17,6 +17,7 @@ import torch
 
 from ..anchor.answers import adapters_disabled
 from ..core.subspace import SubspaceProjector, directions_from_states
+from ..evaluation.generation import padding
 from ..log import get_logger
 
 logger = get_logger()
@@ -29,11 +30,8 @@ def last_token_states(
     """Per residual stream, the ``n x d`` hidden states (float32, CPU) at the last token of each text."""
     per_stream: list[list[torch.Tensor]] = []
     device = next(model.parameters()).device
-    side, pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "right"  # the last real token is then at (length - 1)
-    if pad is None:  # padding is masked out and never read; any token serves
-        tokenizer.pad_token = tokenizer.eos_token
-    try:
+    # Right padding: the last real token is then at (length - 1); padding is masked out and never read.
+    with padding(tokenizer, "right", "The safety subspace's hidden states"):
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(
                 list(texts[start : start + batch_size]),
@@ -48,10 +46,6 @@ def last_token_states(
                 if len(per_stream) <= i:
                     per_stream.append([])
                 per_stream[i].append(states[rows, last].float().cpu())
-    finally:
-        tokenizer.padding_side = side
-        if pad is None:
-            tokenizer.pad_token = None
     return [torch.cat(chunks) for chunks in per_stream]
 
 

@@ -34,7 +34,7 @@ def test_the_default_comparison_runs_four_methods_and_all_runs_every_one():
     assert _keys("--full-ft") == ["plain", "slowed", "anchor-replay", "slowed-anchor", "full", "full-slowed"]
     assert len(_keys("--sweep-tau")) == 10  # the sweep keeps all of its runs
     assert cli.command_line(_args("--methods", "all")) == "slowed demo --methods all"
-    with pytest.raises(ValueError, match=r"unknown method 'ewc'.*placebo \(or all\)"):
+    with pytest.raises(ValueError, match=r"unknown method 'ewc'.*placebo.*slowed-anchor-kl \(or all\)"):
         cli.select_methods(_args("--methods", "ewc"))
 
 
