@@ -22,4 +22,6 @@ export SLOWED_TESTS_WITHOUT_EXTRAS=1
 # tests/test_versions.py compares the README's newest column with this venv.
 export SLOWED_NEWEST_JOB=1
 exec "$venv/bin/python" -m pytest -m "not slow" -p no:cacheprovider \
-  tests/core tests/trainer tests/anchor tests/inspector tests/evaluation tests/test_config.py tests/test_versions.py "$@"
+  tests/core tests/trainer tests/anchor tests/inspector tests/evaluation tests/test_config.py tests/test_versions.py \
+  tests/doctor/test_doctor.py::test_the_fused_lm_head_check_matches_trl_or_says_why_not \
+  tests/doctor/test_doctor.py::test_the_fused_lm_head_check_fails_on_a_wrong_mask "$@"

@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
             from .kernel_checks import kernel_findings
 
             report(kernel_findings(device))
+            from .fused_head_check import fused_head_findings
+
+            report(fused_head_findings(device))
         from .quantized import quantized_findings
 
         report(quantized_findings(device))

@@ -267,3 +267,32 @@ def test_step_pairs_refuse_to_fork_after_cuda_started(monkeypatch):
         step_pairs.run_pairs("tiny", "float32", 1, 1, 8, device="cuda")
     with pytest.raises(ValueError, match="`variants` must be among"):
         step_pairs.run_pairs("tiny", "float32", 1, 1, 8, variants=("stock", "turbo"))
+
+
+def test_the_fused_lm_head_check_matches_trl_or_says_why_not():
+    """TRL 1.15+: SLowED's masked answer against TRL's own fused head on the masked labels, ok on CPU; older TRL:
+    one skip line naming the version it needs (issue 30)."""
+    from slowed_plugin.doctor import fused_head_check
+    from slowed_plugin.trainer.private_api import fused_lm_head_trl
+
+    (finding,) = fused_head_check.fused_head_findings("cpu")
+    if not fused_lm_head_trl():
+        assert finding.status == "skip" and "1.15.0+" in finding.message
+        return
+    assert finding.status == "ok", finding.line()
+    assert finding.data["mask_equal"] and 0 < finding.data["kept"] < finding.data["candidates"]
+    assert max(finding.data[k] for k in ("log_probs", "loss", "grad")) <= 1
+
+
+@pytest.mark.skipif(
+    not __import__("slowed_plugin.trainer.private_api", fromlist=["x"]).fused_lm_head_trl(),
+    reason="TRL < 1.15 has no fused LM head (trl.trainer.utils.add_fused_lm_head)",
+)
+def test_the_fused_lm_head_check_fails_on_a_wrong_mask(monkeypatch):
+    """A mask that is not SLowED's (here: nothing dropped on TRL's side) is a FAIL, not an ok."""
+    from slowed_plugin.core import masking
+    from slowed_plugin.doctor import fused_head_check
+
+    monkeypatch.setattr(masking, "mask_low_entropy_targets", lambda logits, labels, *a, **k: (labels[:, 1:], None))
+    (finding,) = fused_head_check.fused_head_findings("cpu")
+    assert finding.status == "FAIL" and "DIFFERS" in finding.message
