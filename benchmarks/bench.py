@@ -3,6 +3,7 @@
     python benchmarks/bench.py                    # (a)-(d) on CPU, the full run (tens of minutes on 2 cores)
     python benchmarks/bench.py --quick            # smaller shapes and fewer repetitions; (d) still trains the real shape
     python benchmarks/bench.py --only cd          # some parts only
+    python benchmarks/bench.py --only d --steps-only --dtypes float32 --pairs 3   # (d)'s step pairs alone
     python benchmarks/bench.py --only cef --device cuda   # the GPU cases (scripts/gpu-check.sh runs them)
 
 One file per benchmark, each with its worker(s) and its report:
@@ -62,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="(c) at a tiny shape (the GPU check's dry run)")
     parser.add_argument("--json", metavar="FILE", help="also write every part's results and the ratios to FILE")
     parser.add_argument("--timeout", type=float, default=None, help="seconds allowed to each worker of (e) and (f)")
+    parser.add_argument(
+        "--pairs", type=int, default=None, help="(d)'s step pairs per dtype (default 3 with --quick, else 5)"
+    )
+    parser.add_argument(
+        "--dtypes", default="float32,bfloat16", help="(d)'s weight dtypes, comma-separated (default float32,bfloat16)"
+    )
+    parser.add_argument("--steps-only", action="store_true", help="(d) without the compile and the loss alone")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -71,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(opts.only) - set(PARTS)
     if unknown:
         parser.error(f"--only {opts.only!r}: unknown part(s) {''.join(sorted(unknown))}; parts are {''.join(PARTS)}")
+    dtypes = tuple(opts.dtypes.split(","))
+    if set(dtypes) - set(real_shape.DTYPES):
+        parser.error(f"--dtypes {opts.dtypes!r}: each must be one of {', '.join(real_shape.DTYPES)}")
+    if opts.pairs is not None and opts.pairs < 1:
+        parser.error(f"--pairs {opts.pairs}: must be 1 or more")
     if opts.device not in DEVICES:
         parser.error(f"--device {opts.device!r} is not one of {', '.join(DEVICES)}")
 
@@ -84,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         if letter == "c":
             shape = "tiny" if opts.tiny else "llama-3-8b"
             results[letter] = module.report(opts.quick, ratios, device=opts.device, shape=shape)
+        elif letter == "d":
+            results[letter] = module.report(
+                opts.quick, ratios, pairs=opts.pairs, dtypes=dtypes, steps_only=opts.steps_only
+            )
         elif letter in "ef":
             results[letter] = module.report(opts.quick, ratios, device=opts.device, timeout=opts.timeout)
         else:

@@ -1,5 +1,5 @@
-"""(d) The real shape on CPU: a Qwen2.5-0.5B-shaped model built locally, stock ``SFTTrainer`` (``chunked_nll``)
-and the same + ``SLowEDCallback`` in forks taking turns step by step (:mod:`slowed_plugin.bench.step_pairs`);
+"""(d) The real shape on CPU: a Qwen2.5-0.5B-shaped model built locally, stock ``SFTTrainer`` (TRL's default loss:
+the fused LM head from TRL 1.15, ``chunked_nll`` before; the path taken is printed) and the same + ``SLowEDCallback`` in forks taking turns step by step (:mod:`slowed_plugin.bench.step_pairs`);
 the callback's one-off kernel compile (cold and from inductor's cache); the chunked loss at mask_ratio 0.2
 against the same kernels at 0."""
 
@@ -14,6 +14,7 @@ from harness import MASK_RATIO, VOCAB, load, med, run_worker, spread
 from slowed_plugin.bench.step_pairs import SHAPES, run_pairs, save_model
 
 SHAPE = "qwen2.5-0.5b"
+DTYPES = ("float32", "bfloat16")
 
 
 def worker_real_model(path: str) -> dict:
@@ -70,8 +71,18 @@ WORKERS = {
 }
 
 
-def report(quick: bool, ratios: dict) -> None:
+def report(
+    quick: bool, ratios: dict, pairs: int | None = None, dtypes: tuple[str, ...] = DTYPES, steps_only: bool = False
+) -> None:
+    """``pairs`` step pairs per dtype (default 3 with ``quick``, else 5); ``steps_only`` leaves out the compile and
+    the chunked loss alone, for a run that must end within minutes."""
     print(f"\n(d) real shape: Qwen2.5-0.5B-shaped model (load average now {load()})")
+    if not steps_only:
+        _compile_and_loss(quick, ratios)
+    _steps(quick, ratios, pairs, dtypes)
+
+
+def _compile_and_loss(quick: bool, ratios: dict) -> None:
     cache = tempfile.mkdtemp(prefix="slowed-bench-inductor-")
     try:
         env = {"TORCHINDUCTOR_CACHE_DIR": cache}
@@ -96,13 +107,15 @@ def report(quick: bool, ratios: dict) -> None:
     )
     ratios["mask_vs_unmasked"] = med(ratio)
 
+
+def _steps(quick: bool, ratios: dict, pairs: int | None, dtypes: tuple[str, ...]) -> None:
     model_dir = tempfile.mkdtemp(prefix="slowed-bench-qwen-")
     try:
         params = run_worker("real_model", path=model_dir)["params"]
-        pairs = 3 if quick else 5
+        pairs = pairs or (3 if quick else 5)
         print(
             f"    SFTTrainer step, {params / 1e6:.0f}M parameters (24 layers, hidden 896, vocab {VOCAB}, tied "
-            f"head), LoRA r=16 all linear, batch 1 x 512 (first quarter prompt); stock (chunked_nll) and "
+            f"head), LoRA r=16 all linear, batch 1 x 512 (first quarter prompt); stock (TRL's default loss) and "
             f"+ SLowEDCallback(tau=10, mask_ratio={MASK_RATIO}) in two forks taking turns, {pairs} step pairs "
             "after one warm-up step each"
         )
@@ -110,7 +123,8 @@ def report(quick: bool, ratios: dict) -> None:
             f"    {'weights':<10}{'stock s':>9}{'SLowED s':>10}{'x stock, per pair min-median-max':>36}"
             f"{'RSS MiB':>10}{'x stock':>9}{'load':>7}"
         )
-        for dtype, key in (("float32", "real"), ("bfloat16", "real_bf16")):
+        for dtype in dtypes:
+            key = {"float32": "real", "bfloat16": "real_bf16"}[dtype]
             run = run_worker("real_steps", model_dir=model_dir, dtype=dtype, pairs=pairs, length=512)
             stock, slowed = run["stock"], run["slowed"]
             ratio = [x / y for x, y in zip(slowed["step_times"][1:], stock["step_times"][1:], strict=True)]
@@ -123,6 +137,7 @@ def report(quick: bool, ratios: dict) -> None:
                 f"    {'':<10}first step s: stock {stock['step_times'][0]:.1f}, SLowED {slowed['step_times'][0]:.1f}; "
                 f"whole process s: stock {stock['process_s']:.0f}, SLowED {slowed['process_s']:.0f}"
             )
+            print(f"    {'':<10}loss path: stock {stock['loss_path']}; SLowED over {slowed['loss_path']}")
             ratios[f"step_time_{key}"] = med(ratio)
             ratios[f"step_rss_{key}"] = rss
     finally:

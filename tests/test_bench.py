@@ -54,3 +54,36 @@ def test_one_step_machinery_runs_the_benchmark_variants():
 def test_benchmarks_keep_no_step_machinery_of_their_own():
     text = "\n".join(p.read_text() for p in BENCH.glob("*.py"))
     assert "SFTTrainer(" not in text and "slowed_plugin.doctor" not in text
+
+
+def test_stock_runs_trls_own_default_loss_and_says_which(tmp_path):
+    """From TRL 1.15 "stock" leaves ``loss_type`` unset (the fused LM head, TRL's default); it no longer passes the
+    deprecated ``chunked_nll`` alias. The path taken is named, so a report says what stock ran."""
+    import warnings
+
+    import trl
+    from packaging.version import Version
+
+    from slowed_plugin.bench.step_pairs import build_trainer, loss_path
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = build_trainer("stock", "tiny", "float32", 1, 1, 16, "cpu", 4, [], None, str(tmp_path))
+    path = loss_path(trainer, "cpu")
+    if Version(trl.__version__) >= Version("1.15"):
+        assert trainer.args.loss_type == trl.SFTConfig.__dataclass_fields__["loss_type"].default == "nll"
+        assert not [w for w in caught if "chunked_nll" in str(w.message)]
+        assert path == 'loss_type="nll" (fused LM head, PyTorch tiles)'
+    else:
+        assert path == 'loss_type="chunked_nll"'
+
+
+def test_bad_real_shape_options_are_one_line():
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bench.py"), "--only", "d", "--dtypes", "float16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "--dtypes 'float16': each must be one of float32, bfloat16" in done.stderr

@@ -49,7 +49,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "tiny-real-vocab": {**_TINY, "num_key_value_heads": 2, "vocab_size": VOCAB, "tie_word_embeddings": False},
 }
 VARIANTS = {
-    "stock": "stock SFTTrainer (chunked_nll)",
+    "stock": "stock SFTTrainer, TRL's default loss (chunked_nll before TRL 1.15)",
     "nll": 'stock SFTTrainer loss_type="nll"',
     "slowed": f"+ SLowEDCallback(tau=10, mask_ratio={MASK_RATIO})",
     "slowed_nll": f'+ SLowEDCallback(tau=10, mask_ratio={MASK_RATIO}), loss_type="nll" (fused from logits)',
@@ -58,6 +58,38 @@ VARIANTS = {
 # Variants whose trainer computes its loss from logits (TRL refuses Liger's fused loss with chunked_nll).
 NLL_VARIANTS = ("nll", "slowed_nll", "liger")
 SLOWED_VARIANTS = ("slowed", "slowed_nll")
+
+
+# TRL 1.15 made ``loss_type="nll"`` (its fused LM head) the default and turned ``"chunked_nll"`` into a deprecated
+# alias of it: from there on "stock" leaves ``loss_type`` unset, so that it runs exactly what a user gets.
+FUSED_HEAD_TRL = "1.15"
+
+
+def stock_loss_type() -> str | None:
+    """The ``loss_type`` that "stock" and "slowed" pass: ``None`` (TRL's own default) from TRL 1.15 on, where the
+    default is the fused LM head; ``"chunked_nll"`` before, where the default built every logit."""
+    import trl
+    from packaging.version import Version
+
+    return None if Version(trl.__version__) >= Version(FUSED_HEAD_TRL) else "chunked_nll"
+
+
+def loss_path(trainer: Any, device: str) -> str:
+    """Which loss path ``trainer`` took, in words: its ``loss_type`` and, from TRL 1.15 on, how its fused LM head
+    computes (Triton kernels only on CUDA/XPU; PyTorch tiles elsewhere, e.g. on a CPU)."""
+    import trl
+    from packaging.version import Version
+
+    loss_type = trainer.args.loss_type
+    if trainer.args.use_liger_kernel:
+        return f'loss_type="{loss_type}", Liger'
+    if Version(trl.__version__) < Version(FUSED_HEAD_TRL):
+        return f'loss_type="{loss_type}"'
+    import torch
+    from trl.kernels.chunked_logprob import _use_triton
+
+    tiles = "Triton" if _use_triton(torch.device(device)) else "PyTorch tiles"
+    return f'loss_type="{loss_type}" (fused LM head, {tiles})'
 
 
 # --------------------------------------------------------------------------- models
@@ -122,6 +154,7 @@ def build_trainer(
         prompt = length // 4
         rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
     slowed = [SLowEDCallback(tau=10.0, mask_ratio=MASK_RATIO)] if variant in SLOWED_VARIANTS else []
+    loss_type = "nll" if variant in NLL_VARIANTS else stock_loss_type()
     return SFTTrainer(
         model=model,
         args=SFTConfig(
@@ -138,8 +171,8 @@ def build_trainer(
             dataloader_num_workers=0,
             max_length=None,
             disable_tqdm=True,
-            loss_type="nll" if variant in NLL_VARIANTS else "chunked_nll",
             use_liger_kernel=variant == "liger",
+            **({} if loss_type is None else {"loss_type": loss_type}),
         ),
         train_dataset=Dataset.from_list(rows),
         processing_class=build_tokenizer(["a b c d e f g"]),
@@ -161,7 +194,7 @@ def run_pairs(
     model_dir: str | None = None,
 ) -> dict[str, dict]:
     """``pairs`` + 1 steps of every variant in forks that take turns; per variant ``step_times`` (the first one the
-    warm-up), ``peak_mib`` and ``process_s``. Raises ``RuntimeError`` naming the variant that failed."""
+    warm-up), ``peak_mib``, ``process_s`` and ``loss_path`` (:func:`loss_path`). Raises ``RuntimeError`` naming the variant that failed."""
     variants = tuple(variants)
     _check_variants(variants)
     _prepare_fork(device)
@@ -239,9 +272,10 @@ def _child(connection, variant: str, build: dict[str, Any]) -> None:
             trainer = build_trainer(
                 variant, **build, callbacks=[_turn_callback(connection, build["device"])], output_dir=output_dir
             )
+            path = loss_path(trainer, build["device"])
             trainer.train()
         peak = peak_mib(build["device"])
-        connection.send(("done", {"peak_mib": peak, "process_s": time.perf_counter() - start}))
+        connection.send(("done", {"peak_mib": peak, "process_s": time.perf_counter() - start, "loss_path": path}))
     except BaseException as err:  # noqa: BLE001 - report any failure to the parent
         connection.send(("error", f"{type(err).__name__}: {err}"))
     finally:
