@@ -250,8 +250,12 @@ def test_slowed_doctor_on_cpu(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     found = {f["check"]: f for f in json.loads(report.read_text())["findings"]}
-    kernels = [c for c in found if c.startswith("kernels.") and c != "kernels.compile"]
+    fused_head = "kernels.fused_lm_head.fp32"
+    kernels = [c for c in found if c.startswith("kernels.") and c not in ("kernels.compile", fused_head)]
     assert len(kernels) == 8 and all(found[c]["status"] == "ok" for c in kernels)
+    from slowed_plugin.trainer.private_api import fused_lm_head_trl
+
+    assert found[fused_head]["status"] == ("ok" if fused_lm_head_trl() else "skip")
     assert found["kernels.compile"]["status"] == "ok" and found["kernels.compile"]["data"]["compiled"]
     assert found["qlora.4bit"]["status"] == "skip"
     assert found["bench.ratio.slowed"]["data"]["step_time_ratio"] > 0
