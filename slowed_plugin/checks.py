@@ -261,6 +261,21 @@ def check_prompted_block(
         raise SLowEDConfigError(f"{spelling.key('prompts')} is required: {prompts}, e.g. {written}.")
 
 
+def check_use_chat_template(value: Any, spelling: Spelling = PYTHON) -> None:
+    """``use_chat_template``: None (the tokenizer decides), True or False."""
+    if value not in (None, True, False):
+        allowed = ", ".join(spelling.literal(v) for v in (None, True))
+        raise SLowEDConfigError(
+            f"{spelling.key('use_chat_template')} must be {allowed} or {spelling.literal(False)}; got {value!r}."
+        )
+
+
+def check_optional_name(value: Any, key: str, spelling: Spelling = PYTHON) -> None:
+    """None, or a non-empty string (a column name, a log key)."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise SLowEDConfigError(f"{spelling.key(key)} must be a non-empty string; got {value!r}.")
+
+
 def check_bool(value: Any, key: str, spelling: Spelling = PYTHON) -> bool:
     if not isinstance(value, bool):
         raise SLowEDConfigError(

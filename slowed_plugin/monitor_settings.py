@@ -21,6 +21,7 @@ from .checks import (
     check_prompted_block,
     check_prompts,
     check_share,
+    check_use_chat_template,
     yaml_spelling,
 )
 
@@ -87,12 +88,7 @@ def check_monitor_values(values: Mapping[str, Any], spelling: Spelling) -> dict[
     for name in ("keep_safest", "eval_at_start", "restore_on_stop"):
         if name in values:
             check_bool(values[name], name, spelling)
-    if "use_chat_template" in values and values["use_chat_template"] not in (None, True, False):
-        allowed = ", ".join(spelling.literal(v) for v in (None, True))
-        raise SLowEDConfigError(
-            f"{spelling.key('use_chat_template')} must be {allowed} or {spelling.literal(False)}; "
-            f"got {values['use_chat_template']!r}."
-        )
+    check_use_chat_template(values.get("use_chat_template"), spelling)
     for name in ("judge", "judge_format", "prompt_column", "log_key"):
         v = values.get(name)
         if name == "judge" and v is not None and not isinstance(v, str):

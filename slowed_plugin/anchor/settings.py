@@ -15,10 +15,12 @@ from ..checks import (
     check_bool,
     check_choice,
     check_int,
+    check_optional_name,
     check_positive_int,
     check_prompted_block,
     check_prompts,
     check_share,
+    check_use_chat_template,
     shown,
     yaml_spelling,
 )
@@ -103,16 +105,8 @@ def check_anchor_config(value: Any, spelling: Spelling | None = None) -> dict[st
     out["seed"] = check_int(out["seed"], "seed", spelling)
     out["min_refusal_share"] = check_share(out["min_refusal_share"], "min_refusal_share", spelling) or 0.0
     check_bool(out["cache"], "cache", spelling)
-    if out["use_chat_template"] not in (None, True, False):
-        allowed = ", ".join(spelling.literal(v) for v in (None, True))
-        raise SLowEDConfigError(
-            f"{spelling.key('use_chat_template')} must be {allowed} or {spelling.literal(False)}; "
-            f"got {out['use_chat_template']!r}."
-        )
-    if out["prompt_column"] is not None and (not isinstance(out["prompt_column"], str) or not out["prompt_column"]):
-        raise SLowEDConfigError(
-            f"{spelling.key('prompt_column')} must be a non-empty string; got {out['prompt_column']!r}."
-        )
+    check_use_chat_template(out["use_chat_template"], spelling)
+    check_optional_name(out["prompt_column"], "prompt_column", spelling)
     return out
 
 

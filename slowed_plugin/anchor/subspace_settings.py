@@ -10,9 +10,11 @@ from typing import Any
 from ..checks import (
     SLowEDConfigError,
     Spelling,
+    check_optional_name,
     check_positive_int,
     check_prompted_block,
     check_prompts,
+    check_use_chat_template,
     yaml_spelling,
 )
 
@@ -60,14 +62,6 @@ def check_subspace_config(value: Any, spelling: Spelling | None = None) -> dict[
     check_prompts(out["benign_prompts"], "benign_prompts", spelling)
     out["directions"] = check_positive_int(out["directions"], "directions", spelling)
     out["batch_size"] = check_positive_int(out["batch_size"], "batch_size", spelling)
-    if out["use_chat_template"] not in (None, True, False):
-        allowed = ", ".join(spelling.literal(v) for v in (None, True))
-        raise SLowEDConfigError(
-            f"{spelling.key('use_chat_template')} must be {allowed} or {spelling.literal(False)}; "
-            f"got {out['use_chat_template']!r}."
-        )
-    if out["prompt_column"] is not None and (not isinstance(out["prompt_column"], str) or not out["prompt_column"]):
-        raise SLowEDConfigError(
-            f"{spelling.key('prompt_column')} must be a non-empty string; got {out['prompt_column']!r}."
-        )
+    check_use_chat_template(out["use_chat_template"], spelling)
+    check_optional_name(out["prompt_column"], "prompt_column", spelling)
     return out
