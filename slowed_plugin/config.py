@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from .checks import (
+from .validate import (
     PYTHON,
     SLowEDConfigError,
     Spelling,

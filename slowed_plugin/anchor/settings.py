@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checks import (
+from ..validate import (
     SLowEDConfigError,
     Spelling,
     as_number,

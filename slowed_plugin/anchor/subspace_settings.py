@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checks import (
+from ..validate import (
     SLowEDConfigError,
     Spelling,
     check_optional_name,

@@ -1,7 +1,7 @@
 """Torch-only SLowED math; knows nothing of trainers.
 
 The rule (checked by tests/test_import_graph.py): a core module imports, at module level, only the standard
-library, torch, other core modules and the package's pure-Python checks and logger. Another library is imported
+library, torch, other core modules and the package's pure-Python validation and logger. Another library is imported
 only lazily, inside a function, and only to recognise its objects or reach the weights they hold (PEFT's LoRA
 layers, DeepSpeed ZeRO's fp32 masters), or, at ``mask_ratio=0``, to hand the logits loss to transformers' own
 ``ForCausalLMLoss`` (plain SFT, bit for bit): the masking math itself is torch. What computes with transformers or datasets

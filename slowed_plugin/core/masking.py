@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import torch
 
-from ..checks import check_choice
+from ..validate import check_choice
 from . import IGNORE_INDEX
 
 # Rows of logits turned into entropies at a time: bounds the float32 temporary to

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checks import check_mask_ratio, check_reference_scope
+from ..validate import check_mask_ratio, check_reference_scope
 from .hidden_states_loss import DEFAULT_CHUNK_SIZE, head_row_stats
 from .lm_head import lm_head_parameters, output_head
 from .masking import IGNORE_INDEX, check_finite, select_low_entropy, target_segments, token_entropy

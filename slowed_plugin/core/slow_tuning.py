@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_tau
+from ..validate import check_choice, check_tau
 from .zero import WeightAccess, access_for, zero_shape
 
 _PLAIN = WeightAccess()

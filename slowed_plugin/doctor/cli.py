@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     report(platform_findings(device))
     if not any(f.check == "device" and f.status == "FAIL" for f in findings):
         if not args.skip_kernels:
-            from .kernel_checks import kernel_findings
+            from .kernels import kernel_findings
 
             report(kernel_findings(device))
-            from .fused_head_check import fused_head_findings
+            from .fused_head import fused_head_findings
 
             report(fused_head_findings(device))
         from .quantized import quantized_findings

@@ -15,11 +15,11 @@ such as ``deepspeed:`` and fixes such as ``slowed.mask_ratio: 0``):
 
 Every finder returns the full one-line message, naming the setting, its value and what SLowED accepts, or None.
 By concern: :mod:`.rule` (what a rule is), :mod:`.table` (the rules), :mod:`.training` (model, adapter, loss,
-parallel layout), :mod:`.engines` (DeepSpeed, FSDP), :mod:`.anchor_checks` (the safety anchor),
+parallel layout), :mod:`.engines` (DeepSpeed, FSDP), :mod:`.anchor` (the safety anchor),
 :mod:`.front_ends` (each front end's entry point).
 """
 
-from .anchor_checks import anchor_dataset_type, anchor_source_problem, unsupported_anchor_dataset
+from .anchor import anchor_dataset_type, anchor_source_problem, unsupported_anchor_dataset
 from .engines import read_deepspeed_config, zero_stage
 from .front_ends import axolotl_problems, check_trainer, check_training_args
 from .rule import AXOLOTL, TRL, Rule, listed_plugin

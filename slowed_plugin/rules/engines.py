@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..checks import Spelling
+from ..validate import Spelling
 from .rule import AXOLOTL, TRL, off
 
 if TYPE_CHECKING:

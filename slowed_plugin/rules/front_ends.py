@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..checks import SLowEDConfigError, Spelling
 from ..config import SLowEDConfig
-from .anchor_checks import anchor_source_problem
+from ..validate import SLowEDConfigError, Spelling
+from .anchor import anchor_source_problem
 from .rule import AXOLOTL, TRL, Rule
 from .table import RULES
 

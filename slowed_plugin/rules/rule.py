@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..checks import PYTHON, Spelling
 from ..config import SLowEDConfig
+from ..validate import PYTHON, Spelling
 
 SLOWED = "SLowED (slowed_plugin.SLowEDPlugin)"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .anchor_checks import (
+from .anchor import (
     anchor_dataset_type,
     sharded_args,
     sharded_axolotl,
@@ -14,7 +14,7 @@ from .anchor_checks import (
 )
 from .engines import deepspeed_args, deepspeed_axolotl, deepspeed_trainer, fsdp_args, fsdp_axolotl, fsdp_trainer
 from .rule import Rule, above_one, active, anchored, gradient_anchor, masking, online_masking, slow_tuning
-from .subspace_checks import subspace, subspace_sharded_args, subspace_sharded_axolotl, subspace_sharded_trainer
+from .subspace import subspace, subspace_sharded_args, subspace_sharded_axolotl, subspace_sharded_trainer
 from .training import (
     adapter_kind_axolotl,
     adapter_start_axolotl,

@@ -21,13 +21,13 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..checks import SLowEDConfigError
 from ..config import SLowEDConfig
 from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
 from ..core.zero import zero_shape
 from ..log import get_logger
 from ..rules import anchor_source_problem, check_trainer
+from ..validate import SLowEDConfigError
 from ..versions import check_supported_versions
 from . import patches
 from .binding import calling_trainer

@@ -32,10 +32,10 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..checks import PYTHON
 from ..evaluation.judges import Judge, load_judge
 from ..log import get_logger
 from ..monitor_settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values, evaluated_limit
+from ..validate import PYTHON
 from .binding import calling_trainer
 
 __all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]

@@ -191,7 +191,7 @@ def _slowed_validation_error(message: str, error_class: type[Exception] | None =
     """The ``ValidationError`` pydantic raises when a ``mode="before"`` validator raises ``error_class(message)``."""
     from pydantic import BaseModel, ValidationError, model_validator
 
-    from slowed_plugin.checks import SLowEDConfigError
+    from slowed_plugin.validate import SLowEDConfigError
 
     class Model(BaseModel):
         @model_validator(mode="before")

@@ -30,11 +30,11 @@ def test_switched_puts_the_previous_switch_back_even_on_error():
 
 
 def test_the_doctor_forces_eager_without_touching_the_environment(monkeypatch):
-    from slowed_plugin.doctor import kernel_checks
+    from slowed_plugin.doctor import kernels as doctor_kernels
 
     monkeypatch.delenv("SLOWED_COMPILE", raising=False)
-    with kernel_checks.eager_kernels():
-        assert not kernel_checks.KERNELS.enabled
+    with doctor_kernels.eager_kernels():
+        assert not doctor_kernels.KERNELS.enabled
         import os
 
         assert "SLOWED_COMPILE" not in os.environ

@@ -16,7 +16,8 @@ from installed import require
 
 from slowed_plugin import versions
 from slowed_plugin.cli import main
-from slowed_plugin.doctor import bench, kernel_checks, quantized
+from slowed_plugin.doctor import bench, quantized
+from slowed_plugin.doctor import kernels as doctor_kernels
 from slowed_plugin.doctor.findings import Finding, exit_code
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,27 +57,27 @@ def test_a_version_outside_the_range_and_a_missing_one_fail(monkeypatch):
 # --------------------------------------------------------------------------- kernels
 def test_tolerance_error():
     ref = torch.tensor([1.0, 2.0])
-    assert kernel_checks.tolerance_error(ref.clone(), ref, rtol=1e-5, atol=1e-6) == 0.0
-    assert kernel_checks.tolerance_error(ref * 1.001, ref, rtol=1e-5, atol=1e-6) > 1
-    assert kernel_checks.tolerance_error(ref * float("nan"), ref, rtol=1, atol=1) == float("inf")
+    assert doctor_kernels.tolerance_error(ref.clone(), ref, rtol=1e-5, atol=1e-6) == 0.0
+    assert doctor_kernels.tolerance_error(ref * 1.001, ref, rtol=1e-5, atol=1e-6) > 1
+    assert doctor_kernels.tolerance_error(ref * float("nan"), ref, rtol=1, atol=1) == float("inf")
 
 
 @pytest.mark.parametrize("path", ["logits", "hidden_states"])
 def test_each_fused_path_matches_the_reference(path):
-    with kernel_checks.eager_kernels():
-        finding = kernel_checks._run(path, "eager", "fp32", "cpu")
+    with doctor_kernels.eager_kernels():
+        finding = doctor_kernels._run(path, "eager", "fp32", "cpu")
     assert finding.status == "ok", finding.line()
     assert finding.data["loss_err"] <= 1 and finding.data["same_mask"]
 
 
 def _perturbed_loss(monkeypatch, name, factor=1.001):
-    original = getattr(kernel_checks, name)
+    original = getattr(doctor_kernels, name)
 
     def perturbed(*args, **kwargs):
         loss, *rest = original(*args, **kwargs)
         return (loss * factor, *rest)
 
-    monkeypatch.setattr(kernel_checks, name, perturbed)
+    monkeypatch.setattr(doctor_kernels, name, perturbed)
 
 
 @pytest.mark.parametrize(
@@ -84,20 +85,20 @@ def _perturbed_loss(monkeypatch, name, factor=1.001):
 )
 def test_a_loss_beyond_tolerance_fails(monkeypatch, path, name):
     _perturbed_loss(monkeypatch, name)
-    with kernel_checks.eager_kernels():
-        finding = kernel_checks._run(path, "eager", "fp32", "cpu")
+    with doctor_kernels.eager_kernels():
+        finding = doctor_kernels._run(path, "eager", "fp32", "cpu")
     assert finding.status == "FAIL" and finding.data["loss_err"] > 1, finding.line()
 
 
 def test_a_different_mask_fails(monkeypatch):
-    original = kernel_checks.fused_masked_causal_lm_loss
+    original = doctor_kernels.fused_masked_causal_lm_loss
 
     def other_ratio(logits, labels, ratio, *args, **kwargs):
         return original(logits, labels, 0.5, *args, **kwargs)
 
-    monkeypatch.setattr(kernel_checks, "fused_masked_causal_lm_loss", other_ratio)
-    with kernel_checks.eager_kernels():
-        finding = kernel_checks._run("logits", "eager", "fp32", "cpu")
+    monkeypatch.setattr(doctor_kernels, "fused_masked_causal_lm_loss", other_ratio)
+    with doctor_kernels.eager_kernels():
+        finding = doctor_kernels._run("logits", "eager", "fp32", "cpu")
     assert finding.status == "FAIL" and "mask DIFFERENT" in finding.message
 
 
@@ -105,14 +106,14 @@ def test_a_crashing_path_is_a_finding(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("no kernel image is available for execution on the device")
 
-    monkeypatch.setattr(kernel_checks, "chunked_masked_causal_lm_loss", boom)
-    finding = kernel_checks._run("hidden_states", "eager", "bf16", "cpu")
+    monkeypatch.setattr(doctor_kernels, "chunked_masked_causal_lm_loss", boom)
+    finding = doctor_kernels._run("hidden_states", "eager", "bf16", "cpu")
     assert finding.status == "FAIL" and "no kernel image" in finding.message
 
 
 def test_the_command_exits_1_on_a_kernel_beyond_tolerance(monkeypatch, capsys, tmp_path):
     # Compiling switched off (as SLOWED_COMPILE=0 does): eager only (fast); the compiled kernels' line says so.
-    monkeypatch.setattr(kernel_checks.KERNELS, "compile", False)
+    monkeypatch.setattr(doctor_kernels.KERNELS, "compile", False)
     _perturbed_loss(monkeypatch, "chunked_masked_causal_lm_loss", factor=1.01)
     report = tmp_path / "doctor.json"
     assert main(["doctor", "--device", "cpu", "--json", str(report)]) == 1
@@ -126,11 +127,11 @@ def test_the_command_exits_1_on_a_kernel_beyond_tolerance(monkeypatch, capsys, t
 
 
 def test_compile_failure_is_said_loudly(monkeypatch):
-    monkeypatch.setattr(kernel_checks.KERNELS, "compile", True)
-    monkeypatch.setattr(kernel_checks, "warmup", lambda *a, **k: 0.0)
-    monkeypatch.setattr(kernel_checks.KERNELS, "failed", "InvalidCxxCompiler: No working C++ compiler found")
-    monkeypatch.setattr(kernel_checks, "CASES", {"logits": kernel_checks.CASES["logits"]})
-    found = {f.check: f for f in kernel_checks.kernel_findings("cpu", dtypes=("fp32",))}
+    monkeypatch.setattr(doctor_kernels.KERNELS, "compile", True)
+    monkeypatch.setattr(doctor_kernels, "warmup", lambda *a, **k: 0.0)
+    monkeypatch.setattr(doctor_kernels.KERNELS, "failed", "InvalidCxxCompiler: No working C++ compiler found")
+    monkeypatch.setattr(doctor_kernels, "CASES", {"logits": doctor_kernels.CASES["logits"]})
+    found = {f.check: f for f in doctor_kernels.kernel_findings("cpu", dtypes=("fp32",))}
     assert found["kernels.compile"].status == "warn"
     assert "COMPILE FAILED" in found["kernels.compile"].message and "EAGER FALLBACK" in found["kernels.compile"].message
     assert found["kernels.logits.compiled.fp32"].status == "ok"  # the fallback's numbers are still checked
@@ -276,10 +277,10 @@ def test_step_pairs_refuse_to_fork_after_cuda_started(monkeypatch):
 def test_the_fused_lm_head_check_matches_trl_or_says_why_not():
     """TRL 1.15+: SLowED's masked answer against TRL's own fused head on the masked labels, ok on CPU; older TRL:
     one skip line naming the version it needs (issue 30)."""
-    from slowed_plugin.doctor import fused_head_check
+    from slowed_plugin.doctor import fused_head
     from slowed_plugin.trainer.private_api import fused_lm_head_trl
 
-    (finding,) = fused_head_check.fused_head_findings("cpu")
+    (finding,) = fused_head.fused_head_findings("cpu")
     if not fused_lm_head_trl():
         assert finding.status == "skip" and "1.15.0+" in finding.message
         return
@@ -295,8 +296,8 @@ def test_the_fused_lm_head_check_matches_trl_or_says_why_not():
 def test_the_fused_lm_head_check_fails_on_a_wrong_mask(monkeypatch):
     """A mask that is not SLowED's (here: nothing dropped on TRL's side) is a FAIL, not an ok."""
     from slowed_plugin.core import masking
-    from slowed_plugin.doctor import fused_head_check
+    from slowed_plugin.doctor import fused_head
 
     monkeypatch.setattr(masking, "mask_low_entropy_targets", lambda logits, labels, *a, **k: (labels[:, 1:], None))
-    (finding,) = fused_head_check.fused_head_findings("cpu")
+    (finding,) = fused_head.fused_head_findings("cpu")
     assert finding.status == "FAIL" and "DIFFERS" in finding.message

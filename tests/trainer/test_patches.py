@@ -270,7 +270,7 @@ ASSIGNMENTS = {
     ("bench/qlora.py", "model.is_loaded_in_4bit"): OWN,
     ("bench/qlora.py", "model.config.use_cache"): OWN,
     ("core/lm_head.py", "head.forward"): "runtime change",
-    ("doctor/kernel_checks.py", "KERNELS.failed"): OWN,
+    ("doctor/kernels.py", "KERNELS.failed"): OWN,
     ("evaluation/generation.py", "tokenizer.padding_side"): "runtime change",
     ("evaluation/generation.py", "tokenizer.pad_token"): "runtime change",
     ("evaluation/judges.py", "tokenizer.pad_token"): OWN,

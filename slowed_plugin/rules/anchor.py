@@ -7,8 +7,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..checks import Spelling
 from ..config import SLowEDConfig
+from ..validate import Spelling
 from .rule import AXOLOTL, TRL
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..checks import Spelling
 from ..config import SLowEDConfig
+from ..validate import Spelling
 from .rule import AXOLOTL, TRL
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ..core import IGNORE_INDEX
 from .findings import Finding
-from .kernel_checks import MASK_RATIO, tolerance_error
+from .kernels import MASK_RATIO, tolerance_error
 
 CHECK = "kernels.fused_lm_head.fp32"
 BATCH, WIDTH, HIDDEN, VOCAB = 3, 48, 64, 4099

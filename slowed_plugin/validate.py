@@ -1,4 +1,4 @@
-"""The value checks of every SLowED setting, written once; pure Python (no torch), so every layer can use them.
+"""The validation of every SLowED setting's value, written once; pure Python (no torch), so every layer uses it.
 
 The config (:mod:`slowed_plugin.config`), the safety monitor's settings (:mod:`slowed_plugin.monitor_settings`)
 and the torch-only core (``SlowTuner``, the reference mask, the masking scope) all check a value here, so a
