@@ -13,7 +13,7 @@ lives with the trainer (:mod:`slowed_plugin.trainer.reference_loss`, :mod:`slowe
 - :mod:`.hidden_states_loss`: the masked loss from hidden states and the output head, without full logits.
 - :mod:`.lm_head`: a causal LM as backbone + linear head (logit scale, soft-cap), for the hidden-states loss.
 - :mod:`.slow_tuning`: ΔW norms (``delta_norms``) and the projection onto the ball of radius tau.
-- :mod:`.zero`: reading and writing weights through DeepSpeed ZeRO's fp32 masters (and FSDP2's DTensors).
+- :mod:`.weight_access`: reading and writing weights through DeepSpeed ZeRO's fp32 masters (and FSDP2's DTensors).
 - :mod:`.reference_mask`: the mask of the initial model, over a list of examples.
 """
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..validate import check_choice, check_tau
-from .zero import WeightAccess, access_for, zero_shape
+from .weight_access import WeightAccess, access_for, zero_shape
 
 _PLAIN = WeightAccess()
 
@@ -158,7 +158,7 @@ class SlowTuner:
     approximate), and full fine-tuning copies the initial trainable tensors to ``reference_device``.
 
     ``engine``: returns the DeepSpeed engine training the model once there is one (None before, or without
-    DeepSpeed); weights are then read from and written to its fp32 master copy (:mod:`.zero`).
+    DeepSpeed); weights are then read from and written to its fp32 master copy (:mod:`.weight_access`).
     """
 
     def __init__(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .zero import WeightAccess, access_for, zero_shape
+from .weight_access import WeightAccess, access_for, zero_shape
 
 _PLAIN = WeightAccess()
 
@@ -185,7 +185,7 @@ class SubspaceProjector:
     ``directions``: one orthonormal ``d x k`` tensor per residual stream, ``len(layers) + 1`` of them (stream
     ``i`` enters decoder layer ``i``). Build it at the start of training (LoRA adapters at ΔW = 0; full
     fine-tuning copies the initial trainable tensors to ``reference_device``). ``engine`` as for Slow Tuning:
-    weights are then read and written through :mod:`.zero`.
+    weights are then read and written through :mod:`.weight_access`.
     """
 
     def __init__(

@@ -1,8 +1,8 @@
 """The rules on sharding engines: DeepSpeed ZeRO (its config read once, by :func:`read_deepspeed_config`) and FSDP.
 
 Slow Tuning reads and writes ZeRO's fp32 master weights through DeepSpeed's API and gathers FSDP2's DTensor
-shards for each norm (core/zero.py, core/slow_tuning.py); what it cannot reach is refused here, before any model
-is loaded.
+shards for each norm (core/weight_access.py, core/slow_tuning.py); what it cannot reach is refused here, before
+any model is loaded.
 """
 
 from __future__ import annotations

@@ -24,14 +24,14 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 from ..config import SLowEDConfig
 from ..core.kernels import warmup
 from ..core.slow_tuning import ProjectionReport, SlowTuner
-from ..core.zero import zero_shape
+from ..core.weight_access import zero_shape
 from ..log import get_logger
 from ..rules import anchor_source_problem, check_trainer
 from ..validate import SLowEDConfigError
 from ..versions import check_supported_versions
 from . import patches
-from .binding import calling_trainer
 from .checkpoint import REFERENCE_FILE, load_reference, save_reference
+from .find_trainer import calling_trainer
 from .loss import MaskedCausalLMLoss
 from .metrics import METRICS, SLowEDMetrics
 from .private_api import fused_lm_head_trl

@@ -35,7 +35,7 @@ from ..core.kernels import normalise
 from ..core.lm_head import OutputHead, in_head_forward, output_head
 from ..core.logits_loss import fused_masked_causal_lm_loss, fused_masked_token_losses
 from ..core.masking import IGNORE_INDEX, MaskStats, mask_low_entropy_targets
-from ..core.zero import is_zero3_param
+from ..core.weight_access import is_zero3_param
 
 
 @dataclass

@@ -36,7 +36,7 @@ from ..evaluation.judges import Judge, load_judge
 from ..log import get_logger
 from ..monitor_settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values, evaluated_limit
 from ..validate import PYTHON
-from .binding import calling_trainer
+from .find_trainer import calling_trainer
 
 __all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]
 
@@ -312,7 +312,7 @@ class SafetyMonitorCallback(TrainerCallback):
     def _restore_last_safe(self, model: Any) -> bool:
         import torch
 
-        from ..core.zero import is_zero3_param
+        from ..core.weight_access import is_zero3_param
 
         if not self.restore_on_stop or self._last_safe_weights is None:
             return False

@@ -176,7 +176,7 @@ OTHER_READS: tuple[PrivateRead, ...] = (
         "sys",
         ("_getframe",),
         "trainer/private_api.py",
-        "the trainer a callback is registered on, found on the call stack (:func:`caller_frames`, trainer/binding.py)",
+        "the trainer a callback is registered on, found on the call stack (:func:`caller_frames`, trainer/find_trainer.py)",
     ),
     PrivateRead(
         "axolotl.telemetry.manager.TelemetryManager",
@@ -190,8 +190,8 @@ OTHER_READS: tuple[PrivateRead, ...] = (
     PrivateRead(
         "deepspeed parameters",
         ("ds_id", "ds_status", "ds_shape"),
-        "core/zero.py",
-        "whether a parameter is a ZeRO-3 partition, and its full shape (core/zero.py's functions, for every caller)",
+        "core/weight_access.py",
+        "whether a parameter is a ZeRO-3 partition, and its full shape (that module's functions, for every caller)",
     ),
     PrivateRead("argparse", ("_SubParsersAction",), "cli.py", "the sub-command parser's type (no public name)"),
 )

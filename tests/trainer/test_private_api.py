@@ -137,7 +137,7 @@ def test_the_stack_walk_and_the_telemetry_singleton_go_through_the_table_module(
 
     def inner():
         names = []
-        for frame in private_api.caller_frames(0):  # iterated by the caller itself, as trainer/binding.py does
+        for frame in private_api.caller_frames(0):  # iterated by the caller itself, as trainer/find_trainer.py does
             names.append(frame.f_code.co_name)
         return names
 
