@@ -25,7 +25,7 @@ from ..config import SLowEDConfig
 from ..rules import listed_plugin
 from ..trainer.callback import SLowEDCallback
 from . import PLUGIN_NAME
-from .anchor_frontend import axolotl_frontend, step_recount
+from .anchor_row_format import axolotl_row_format, step_recount
 from .args import checked_config
 
 # Axolotl's console shows INFO only from loggers named `axolotl*`; the startup line must reach it.
@@ -94,7 +94,7 @@ class SLowEDPlugin(BasePlugin):
             log=LOG,
             announce_start=False,
             # the subspace renders its prompts as the anchor does
-            anchor_frontend=axolotl_frontend(cfg) if config.anchored or config.subspace else None,
+            anchor_row_format=axolotl_row_format(cfg) if config.anchored or config.subspace else None,
             installers=[step_recount(cfg, LOG)] if replay else [],
         )
         callback.attach(trainer)

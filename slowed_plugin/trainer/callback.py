@@ -35,7 +35,7 @@ from .find_trainer import calling_trainer
 from .loss import MaskedCausalLMLoss
 from .metrics import METRICS, SLowEDMetrics
 from .private_api import fused_lm_head_trl
-from .safety_anchor import Frontend, SafetyAnchor, trl_frontend
+from .safety_anchor import RowFormat, SafetyAnchor, trl_row_format
 
 __all__ = ["METRICS", "REFERENCE_FILE", "SLowEDCallback"]
 
@@ -51,7 +51,7 @@ class SLowEDCallback(TrainerCallback):
             logger); a front end with its own console (Axolotl) hands its logger.
         announce_start: whether the callback logs its settings at train begin (False where the front end
             announces them itself when it attaches).
-        anchor_frontend: how the safety anchor's rows are prompted and tokenized, built from the trainer and the
+        anchor_row_format: how the safety anchor's rows are prompted and tokenized, built from the trainer and the
             anchor's settings; None: TRL's ``SFTTrainer`` (Axolotl's plugin hands its own).
         installers: changes a front end adds to each installation, called with the :class:`~.patches.Patches`
             and the trainer (Axolotl: its step count recounted with the replay rows).
@@ -64,7 +64,7 @@ class SLowEDCallback(TrainerCallback):
         *,
         log: Any = None,
         announce_start: bool = True,
-        anchor_frontend: Callable[[Trainer, dict], Frontend] | None = None,
+        anchor_row_format: Callable[[Trainer, dict], RowFormat] | None = None,
         installers: Sequence[Callable[[patches.Patches, Trainer], None]] = (),
         **kwargs: Any,
     ) -> None:
@@ -85,7 +85,7 @@ class SLowEDCallback(TrainerCallback):
         self._loss: MaskedCausalLMLoss | None = None
         self._train_dataset: Any = None  # the training set SLowED trains on instead (anchor rows, reference mask)
         self.anchor: SafetyAnchor | None = None
-        self.anchor_frontend = anchor_frontend
+        self.anchor_row_format = anchor_row_format
         self.subspace: Any = None  # the safety subspace's projector (SubspaceProjector), built at attach
         self._projected_at: int | None = None  # global step of the last projection
         self._seen_listed = False
@@ -131,8 +131,8 @@ class SLowEDCallback(TrainerCallback):
         dataset = trainer.train_dataset
         if self.config.anchored:
             self.anchor = SafetyAnchor(self.config.safety_anchor, log=self.log)
-            make_frontend = self.anchor_frontend or trl_frontend
-            self.anchor.build(trainer, make_frontend(trainer, self.anchor.settings))
+            make_row_format = self.anchor_row_format or trl_row_format
+            self.anchor.build(trainer, make_row_format(trainer, self.anchor.settings))
             if self.anchor.mode == "replay":
                 dataset = self.anchor.mixed(dataset)
         if self.config.masking and not self.config.online_masking:
@@ -319,13 +319,13 @@ class SLowEDCallback(TrainerCallback):
         use_template = settings["use_chat_template"]
         if use_template is None and self.config.anchored:
             use_template = self.config.safety_anchor["use_chat_template"]
-        make_frontend = self.anchor_frontend or trl_frontend
-        frontend = make_frontend(trainer, {"use_chat_template": use_template})
+        make_row_format = self.anchor_row_format or trl_row_format
+        row_format = make_row_format(trainer, {"use_chat_template": use_template})
         return build_projector(
             trainer,
             settings,
-            frontend.render,
-            frontend.add_special_tokens,
+            row_format.render,
+            row_format.add_special_tokens,
             self.config.reference_device,
             log=self.log,
         )

@@ -32,7 +32,7 @@ model ``forward``, on top      TRL 1.15+'s ``SFTTrainer`` wraps the    :func:`re
                                appended; ``entropy_source: reference`` dataset`
                                masks the dataset's labels once
 ``args.max_steps``; Axolotl    Axolotl fixed the step count before     :func:`slowed_plugin.        train end
-config ``total_num_tokens``,   the replay rows existed: recounted by   axolotl.anchor_frontend.
+config ``total_num_tokens``,   the replay rows existed: recounted by   axolotl.anchor_row_format.
 ``total_supervised_tokens``    Axolotl's own ``calculate_total_num_    step_recount` (through
                                steps``                                 :meth:`Patches.replace`,
                                                                        :meth:`Patches.set_item`)

@@ -2,8 +2,8 @@
 
 When SLowED attaches (the trainer is built, training has not started) the starting model (adapters off) answers
 the anchor prompts greedily; the answers are cached beside the output (:mod:`slowed_plugin.anchor.answers`). A
-front end tokenizes the rows through the trainer's own data preparation (:class:`Frontend`): TRL's
-``SFTTrainer._prepare_dataset`` here, Axolotl's prompt strategy in :mod:`slowed_plugin.axolotl.anchor_frontend`. Then:
+row format (:class:`RowFormat`) tokenizes the rows through the trainer's own data preparation: TRL's
+``SFTTrainer._prepare_dataset`` here, Axolotl's prompt strategy in :mod:`slowed_plugin.axolotl.anchor_row_format`. Then:
 
 - ``replay``: the tokenized rows are appended to the training set, so the trainer's sampler shuffles them in and
   each one reaches the loss once per epoch.
@@ -42,17 +42,17 @@ _GENERATION_KEYS = ("max_new_tokens", "batch_size", "use_chat_template")
 
 
 @dataclass
-class Frontend:
-    """How one framework prompts and tokenizes: ``render`` a prompt for generation (with whether the tokenizer
-    should add its special tokens to that text), and ``tokenize`` rows into training examples as the trainer's own
-    data preparation does."""
+class RowFormat:
+    """How one framework prompts and tokenizes the anchor rows: ``render`` a prompt for generation (with whether
+    the tokenizer should add its special tokens to that text), and ``tokenize`` rows into training examples as the
+    trainer's own data preparation does."""
 
     render: Callable[[str], str]
     add_special_tokens: bool
     tokenize: Callable[[Sequence[AnchorRow]], Any]
 
 
-def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
+def trl_row_format(trainer: Any, settings: Mapping[str, Any]) -> RowFormat:
     """Rows in the training set's own format through ``SFTTrainer._prepare_dataset`` (chat template, completion
     mask, truncation and packing exactly as the training set got them).
 
@@ -129,7 +129,7 @@ def trl_frontend(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
             dataset_name="slowed_anchor",
         )
 
-    return Frontend(render, not conversational, tokenize)
+    return RowFormat(render, not conversational, tokenize)
 
 
 def _trl_layout(dataset: Any) -> tuple[str, bool]:
@@ -177,15 +177,15 @@ class SafetyAnchor:
         benign = self.settings["benign_prompts"]
         return harmful, (load_prompts(benign, column=column) if benign is not None else [])
 
-    def build(self, trainer: Any, frontend: Frontend) -> None:
-        """Generate (or read from the cache) the rows for ``trainer`` and tokenize them with ``frontend``."""
+    def build(self, trainer: Any, row_format: RowFormat) -> None:
+        """Generate (or read from the cache) the rows for ``trainer`` and tokenize them with ``row_format``."""
         harmful, benign = self.prompts()
         count = None
         if self.mode == "replay":
             count = replay_row_count(_row_count(trainer.train_dataset), self.settings["ratio"])
         drawn = draw_prompts(harmful, benign, count, self.settings["seed"])
         generation = {k: self.settings[k] for k in _GENERATION_KEYS}
-        texts = [(frontend.render(p), kind) for p, kind in drawn]
+        texts = [(row_format.render(p), kind) for p, kind in drawn]
         key = cache_key(trainer.model, texts, generation)
         self.cache_file = cache_path(trainer.args.output_dir, key) if self.settings["cache"] else None
         # The main process answers first and writes the cache; the others then read it, so every rank trains on the
@@ -199,16 +199,16 @@ class SafetyAnchor:
                     trainer.model,
                     trainer.processing_class,
                     drawn,
-                    frontend.render,
+                    row_format.render,
                     generation,
-                    frontend.add_special_tokens,
+                    row_format.add_special_tokens,
                 )
                 self.generation_seconds = time.perf_counter() - started
                 if self.cache_file and trainer.accelerator.is_main_process:
                     write_cache(self.cache_file, key, rows, generation)
         self.rows = rows
         self.refusal_share = refusal_share(rows)
-        self.dataset = frontend.tokenize(rows)
+        self.dataset = row_format.tokenize(rows)
         if trainer.accelerator.is_main_process:
             self._announce()
 

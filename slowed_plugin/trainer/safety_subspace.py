@@ -2,7 +2,7 @@
 
 The starting model (PEFT adapters off, :func:`~slowed_plugin.anchor.answers.adapters_disabled`) reads the harmful
 and the benign prompts, rendered the way the safety anchor renders them (the training set's format, through the
-front end); its hidden states at each prompt's last token give, per residual stream, the directions
+row format); its hidden states at each prompt's last token give, per residual stream, the directions
 (:func:`~slowed_plugin.core.subspace.safety_directions`). The projection itself is pure torch
 (:class:`~slowed_plugin.core.subspace.SubspaceProjector`); the callback runs it where Slow Tuning projects.
 """

@@ -177,7 +177,7 @@ def test_the_axolotl_step_recount_is_a_listed_change_undone_with_the_rows(monkey
     require("axolotl", "axolotl")
     import axolotl.utils.trainer
 
-    from slowed_plugin.axolotl.anchor_frontend import step_recount
+    from slowed_plugin.axolotl.anchor_row_format import step_recount
     from slowed_plugin.trainer.patches import Patches
 
     monkeypatch.setattr(axolotl.utils.trainer, "calculate_total_num_steps", lambda cfg, dataset: 12.0)
@@ -208,7 +208,7 @@ def test_the_recount_without_packing_is_the_trainers_own_count_of_whole_epochs(d
     from torch.utils.data import DataLoader
     from transformers import Trainer, TrainingArguments
 
-    from slowed_plugin.axolotl.anchor_frontend import whole_epoch_steps
+    from slowed_plugin.axolotl.anchor_row_format import whole_epoch_steps
 
     assert whole_epoch_steps(91, 4, 2, 2) == 24 > math.ceil(91 * 2 / 8)  # the case, Axolotl's 23
     for rows in range(1, 26):
@@ -344,7 +344,7 @@ def test_front_ends_configure_the_callback_through_its_constructor():
         return None
 
     callback = SLowEDCallback(
-        tau=1.0, mask_ratio=0.2, log="LOG", announce_start=False, anchor_frontend=None, installers=[recount]
+        tau=1.0, mask_ratio=0.2, log="LOG", announce_start=False, anchor_row_format=None, installers=[recount]
     )
     assert (callback.log, callback.announce_start, callback.installers) == ("LOG", False, [recount])
     assert callback.config.tau == 1.0

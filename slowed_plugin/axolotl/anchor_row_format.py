@@ -23,13 +23,13 @@ from typing import Any
 from ..anchor.answers import AnchorRow
 from ..rules import anchor_dataset_type, unsupported_anchor_dataset
 from ..trainer.patches import Patches
-from ..trainer.safety_anchor import Frontend
+from ..trainer.safety_anchor import RowFormat
 
 
-def axolotl_frontend(cfg: Any) -> Callable[[Any, Mapping[str, Any]], Frontend]:
-    """The frontend for ``SLowEDCallback.anchor_frontend`` under the Axolotl config ``cfg``."""
+def axolotl_row_format(cfg: Any) -> Callable[[Any, Mapping[str, Any]], RowFormat]:
+    """The row format for ``SLowEDCallback.anchor_row_format`` under the Axolotl config ``cfg``."""
 
-    def make(trainer: Any, settings: Mapping[str, Any]) -> Frontend:
+    def make(trainer: Any, settings: Mapping[str, Any]) -> RowFormat:
         from axolotl.prompters import AlpacaPrompter
         from axolotl.utils.dict import DictDefault
 
@@ -73,7 +73,7 @@ def axolotl_frontend(cfg: Any) -> Callable[[Any, Mapping[str, Any]], Frontend]:
             tokenized = handle_long_seq_in_dataset(tokenized, cfg.sequence_len, cfg)
             return process_datasets_for_packing(cfg, tokenized, None)[0]
 
-        return Frontend(render, add_special_tokens, tokenize)
+        return RowFormat(render, add_special_tokens, tokenize)
 
     return make
 
