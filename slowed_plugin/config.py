@@ -292,7 +292,7 @@ def _checked(values: dict[str, Any], spelling: Spelling) -> dict[str, Any]:
     if "project_every" in values:
         out["project_every"] = check_every(values["project_every"], "project_every", spelling)
     if values.get("safety_monitor") is not None:
-        from .monitor_settings import check_monitor_config  # pure Python, like this module
+        from .monitor.settings import check_monitor_config  # pure Python, like this module
 
         checked = check_monitor_config(values["safety_monitor"], spelling=spelling.child("safety_monitor"))
         out["safety_monitor"] = MappingProxyType(checked)

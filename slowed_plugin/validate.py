@@ -1,6 +1,6 @@
 """The validation of every SLowED setting's value, written once; pure Python (no torch), so every layer uses it.
 
-The config (:mod:`slowed_plugin.config`), the safety monitor's settings (:mod:`slowed_plugin.monitor_settings`)
+The config (:mod:`slowed_plugin.config`), the safety monitor's settings (:mod:`slowed_plugin.monitor.settings`)
 and the torch-only core (``SlowTuner``, the reference mask, the masking scope) all check a value here, so a
 value is refused with the same one-line message wherever it enters. A message is worded for the front end the
 user wrote the value in (:class:`Spelling`): Python keywords (``tau=None``) or YAML keys under ``slowed:``

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from slowed_plugin import SLowEDConfig
-from slowed_plugin.monitor_settings import CONFIG_KEYS
+from slowed_plugin.monitor.settings import CONFIG_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 QLORA_RECIPES = ("qlora-8gb.yaml", "qlora-12gb.yaml", "qlora-24gb.yaml")

@@ -1,6 +1,6 @@
 """The safety anchor's settings (the ``safety_anchor`` mapping): their keys, help, defaults and one check.
 
-Pure Python (no torch, no transformers), like :mod:`slowed_plugin.monitor_settings`, so that a config checks the
+Pure Python (no torch, no transformers), like :mod:`slowed_plugin.monitor.settings`, so that a config checks the
 block when it is read, before any model is loaded.
 """
 

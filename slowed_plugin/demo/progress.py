@@ -1,7 +1,7 @@
 """What the parent process shows while the workers run: one tqdm bar per run on a terminal, one line per epoch
 and run otherwise (CI logs); the base-model build's bar.
 
-Workers post ``(index, kind, ...)`` messages (see :class:`~slowed_plugin.demo.callback.DemoCallback`); the
+Workers post ``(index, kind, ...)`` messages (see :class:`~slowed_plugin.demo.epoch_eval.DemoCallback`); the
 base-model build posts under :data:`BASE_INDEX`.
 """
 

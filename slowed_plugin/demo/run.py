@@ -4,7 +4,7 @@ A run registers SLowED exactly as the README tells users,
 ``SFTTrainer(..., callbacks=[SLowEDCallback(tau=..., mask_ratio=..., safety_anchor={...})])`` (plain LoRA and
 the placebo register nothing), measures the safety ratio per epoch with the product's
 :class:`~slowed_plugin.trainer.monitor.SafetyMonitorCallback` and its refusal judge, and the reasoning
-accuracy per epoch with the demo's :class:`~slowed_plugin.demo.callback.DemoCallback`.
+accuracy per epoch with the demo's :class:`~slowed_plugin.demo.epoch_eval.DemoCallback`.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def _callbacks(
     from .. import SLowEDCallback
     from ..evaluation.judges import RefusalJudge
     from ..trainer.monitor import SafetyMonitorCallback
-    from .callback import DemoCallback
+    from .epoch_eval import DemoCallback
 
     method = spec.method
     callbacks = []

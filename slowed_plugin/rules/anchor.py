@@ -65,7 +65,7 @@ def anchor_overlap(config: SLowEDConfig, spelling: Spelling = TRL) -> str | None
         return None
     from ..anchor.answers import overlap_count
     from ..evaluation.prompts import load_prompts
-    from ..monitor_settings import evaluated_limit
+    from ..monitor.settings import evaluated_limit
 
     anchor, monitor = config.safety_anchor, config.safety_monitor
     anchored = load_prompts(anchor["prompts"], column=anchor["prompt_column"])

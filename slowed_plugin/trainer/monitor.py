@@ -34,7 +34,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from ..evaluation.judges import Judge, load_judge
 from ..log import get_logger
-from ..monitor_settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values, evaluated_limit
+from ..monitor.settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values, evaluated_limit
 from ..validate import PYTHON
 from .find_trainer import calling_trainer
 
@@ -93,7 +93,7 @@ class SafetyMonitorCallback(TrainerCallback):
     ) -> None:
         from ..evaluation.prompts import load_prompts
 
-        # The settings' one check (slowed_plugin.monitor_settings), worded for keywords; numbers as users write
+        # The settings' one check (slowed_plugin.monitor.settings), worded for keywords; numbers as users write
         # them. SLowEDConfigError is a ValueError.
         checked = check_monitor_values(
             {

@@ -340,12 +340,12 @@ def test_monitor_config_check_is_light_and_strict():
     import sys
 
     code = (
-        "import sys; import slowed_plugin.monitor_settings, slowed_plugin.evaluation.safety_cli, "
+        "import sys; import slowed_plugin.monitor.settings, slowed_plugin.evaluation.safety_cli, "
         "slowed_plugin.inspector; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
-    from slowed_plugin.monitor_settings import check_monitor_config
+    from slowed_plugin.monitor.settings import check_monitor_config
 
     assert check_monitor_config({"prompts": "walledai/AdvBench", "limit": 32}) == {
         "prompts": "walledai/AdvBench",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .validate import (
+from ..validate import (
     SLowEDConfigError,
     Spelling,
     check_bool,
