@@ -3,7 +3,8 @@
     trainer = SFTTrainer(model, args=args, train_dataset=ds, callbacks=[SLowEDCallback(tau=10.0, mask_ratio=0.2)])
 
 When the trainer is built (``on_init_end``) the callback attaches itself: it checks the trainer's settings
-(:mod:`slowed_plugin.rules`), builds the Slow Tuning projector and the masked loss, and installs its runtime
+(:mod:`slowed_plugin.rules`), builds its features (:mod:`.features`: the Slow Tuning projector, the masked
+loss, the safety subspace, the anchor, the training set), and installs its runtime
 patches (:mod:`.patches`, the one list of what SLowED changes in a trainer); they are undone at train end.
 The callback itself only reacts to events:
 
@@ -29,7 +30,7 @@ from ..log import get_logger
 from ..rules import anchor_source_problem, check_trainer
 from ..validate import SLowEDConfigError
 from ..versions import check_supported_versions
-from . import patches
+from . import features, patches
 from .checkpoint import REFERENCE_FILE, load_reference, save_reference
 from .find_trainer import calling_trainer
 from .loss import MaskedCausalLMLoss
@@ -107,37 +108,12 @@ class SLowEDCallback(TrainerCallback):
         check_trainer(self.config, trainer)
         if self.patches is not None:  # attached before (then detached): never stack our own layers
             self.patches.undo()
-        if self.config.slow_tuning:
-            self.tuner = SlowTuner(
-                trainer.model,
-                self.config.tau,
-                self.config.tau_scope,
-                self.config.reference_device,
-                engine=lambda: getattr(trainer, "deepspeed", None),  # DeepSpeed's engine, once training started
-            )
-        if self.config.online_masking:
-            model = trainer.model
-            causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-            self._loss = MaskedCausalLMLoss(
-                self.config,
-                causal,
-                # Under TRL's fused LM head (1.15+) no loss type reads logits: the hidden-states path serves them all.
-                None if fused_lm_head_trl() else getattr(trainer.args, "loss_type", None),
-                self.metrics.record_mask,
-                lambda: trainer.state.global_step + 1,
-            )
-        if self.config.subspace:
-            self.subspace = self._build_subspace(trainer)
-        dataset = trainer.train_dataset
-        if self.config.anchored:
-            self.anchor = SafetyAnchor(self.config.safety_anchor, log=self.log)
-            make_row_format = self.anchor_row_format or trl_row_format
-            self.anchor.build(trainer, make_row_format(trainer, self.anchor.settings))
-            if self.anchor.mode == "replay":
-                dataset = self.anchor.mixed(dataset)
-        if self.config.masking and not self.config.online_masking:
-            dataset = _reference_masked_dataset(trainer, self.config, dataset)
-        self._train_dataset = dataset if dataset is not trainer.train_dataset else None
+        row_format = self.anchor_row_format or trl_row_format
+        self.tuner = features.slow_tuner(self.config, trainer)
+        self._loss = features.masked_loss(self.config, trainer, self.metrics.record_mask)
+        self.subspace = features.safety_subspace(self.config, trainer, row_format, self.log)
+        self.anchor = features.safety_anchor(self.config, trainer, row_format, self.log)
+        self._train_dataset = features.training_set(self.config, trainer, self.anchor)
         self.trainer = trainer
         self._seen_listed = self in trainer.callback_handler.callbacks
         self._install()
@@ -146,8 +122,7 @@ class SLowEDCallback(TrainerCallback):
         if self.config.safety_monitor:
             from .monitor import SafetyMonitorCallback
 
-            self.monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor))
-            self.monitor.log = self.log
+            self.monitor = SafetyMonitorCallback.from_config(dict(self.config.safety_monitor), log=self.log)
             self._attached.add_callback(trainer, self.monitor)
             self.monitor.attach(trainer)
 
@@ -311,25 +286,6 @@ class SLowEDCallback(TrainerCallback):
         if control is not None:
             control.should_log = True  # the projection's metrics reach the logs at this step
 
-    def _build_subspace(self, trainer: Trainer) -> Any:
-        """The safety subspace's projector, its directions taken from the starting model (adapters off)."""
-        from .safety_subspace import build_projector
-
-        settings = dict(self.config.safety_subspace)
-        use_template = settings["use_chat_template"]
-        if use_template is None and self.config.anchored:
-            use_template = self.config.safety_anchor["use_chat_template"]
-        make_row_format = self.anchor_row_format or trl_row_format
-        row_format = make_row_format(trainer, {"use_chat_template": use_template})
-        return build_projector(
-            trainer,
-            settings,
-            row_format.render,
-            row_format.add_special_tokens,
-            self.config.reference_device,
-            log=self.log,
-        )
-
     def _project_before_checkpoint(self) -> None:
         # A save the step's events did not announce (e.g. `save_strategy="best"`): its metrics go to the next row.
         self._project(self.trainer.state, None)
@@ -399,15 +355,3 @@ def _subspace_end_line(reports: list[Any]) -> str:
 def _ends_epoch(state: TrainerState) -> bool:
     # transformers sets `epoch = e + (step + 1) / steps_in_epoch` after each optimizer step: whole at the last one.
     return state.epoch is not None and float(state.epoch).is_integer() and state.global_step > 0
-
-
-def _reference_masked_dataset(trainer: Trainer, config: SLowEDConfig, dataset: Any) -> Any:
-    """`entropy_source: reference`: ``dataset`` masked once with the initial model's entropies."""
-    from .reference_dataset import apply_reference_mask
-
-    if not (hasattr(dataset, "map") and hasattr(dataset, "__len__") and "input_ids" in dataset.column_names):
-        raise ValueError(
-            "`entropy_source: reference` needs a tokenized map-style `datasets.Dataset` (with `input_ids`) as "
-            f"train_dataset, got {type(dataset).__name__}. Use `entropy_source: online` for streaming datasets."
-        )
-    return apply_reference_mask(trainer.model, dataset, config.mask_ratio, config.mask_scope)

@@ -9,7 +9,7 @@ rule on them, and logs ``slowed/safety_ratio`` with its 95 % Wilson interval thr
 trainer's own ``log``, so the paper's safety-per-epoch curve reaches every reporter (W&B,
 TensorBoard, ``trainer.state.log_history``). ``history`` keeps one dict per evaluation.
 
-Optional rules, on the evaluations after training has begun:
+Optional rules, on the evaluations after training has begun (:class:`~slowed_plugin.trainer.safe_states.SafeStates`):
 
 - ``min_safety_ratio``: every evaluation that meets it saves the model to
   ``{output_dir}/slowed-last-safe`` (and keeps its trainable weights in CPU memory). The first
@@ -25,8 +25,6 @@ and saves from the main process.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,14 +35,11 @@ from ..log import get_logger
 from ..monitor.settings import CONFIG_KEYS, LOG_KEY, check_monitor_config, check_monitor_values, evaluated_limit
 from ..validate import PYTHON
 from .find_trainer import calling_trainer
+from .safe_states import LAST_SAFE_DIR, SAFEST_DIR, SafeStates
 
-__all__ = ["CONFIG_KEYS", "LOG_KEY", "SafetyMonitorCallback"]
+__all__ = ["CONFIG_KEYS", "LAST_SAFE_DIR", "LOG_KEY", "SAFEST_DIR", "SafetyMonitorCallback"]
 
 logger = get_logger()
-
-SAFEST_DIR = "slowed-safest"
-LAST_SAFE_DIR = "slowed-last-safe"
-SUMMARY_FILE = "slowed_safety.json"
 
 
 class SafetyMonitorCallback(TrainerCallback):
@@ -69,6 +64,8 @@ class SafetyMonitorCallback(TrainerCallback):
         log_key: metric name; the interval goes to ``{log_key}_ci_low`` / ``_ci_high``.
         judge_format: ``input_format`` of a guard built from a spec.
         progress: show a progress bar while generating.
+        log: where its lines go (default: SLowED's logger); a front end with its own console hands its logger
+            (Axolotl shows INFO lines only from ``axolotl*`` loggers).
     """
 
     def __init__(
@@ -90,6 +87,7 @@ class SafetyMonitorCallback(TrainerCallback):
         log_key: str = LOG_KEY,
         judge_format: str | None = None,
         progress: bool = False,
+        log: Any = None,
     ) -> None:
         from ..evaluation.prompts import load_prompts
 
@@ -122,37 +120,60 @@ class SafetyMonitorCallback(TrainerCallback):
         self.every = every
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-        self.min_safety_ratio = None if min_safety_ratio is None else float(min_safety_ratio)
-        self.keep_safest = bool(keep_safest)
-        self.eval_at_start = bool(eval_at_start)
         self.use_chat_template = use_chat_template
         self.tokenizer = tokenizer
-        self.restore_on_stop = bool(restore_on_stop)
         self.log_key = log_key
         self.progress = progress
+        self.log = logger if log is None else log
+        # The save, stop and restore rules (slowed_plugin.trainer.safe_states); `best`, `last_safe` and
+        # `stopped` below read its records.
+        self.states = SafeStates(
+            None if min_safety_ratio is None else float(min_safety_ratio),
+            bool(keep_safest),
+            bool(restore_on_stop),
+            self.log,
+        )
+        self.eval_at_start = bool(eval_at_start)
 
         self.history: list[dict[str, Any]] = []
         self.trainer: Trainer | None = None
-        self.best: dict[str, Any] | None = None
-        self.last_safe: dict[str, Any] | None = None
-        self.stopped: dict[str, Any] | None = None
-        self._last_safe_weights: dict[str, Any] | None = None
         self._announced = False
-        # Where its lines go: the package logger, or the front end's console. Axolotl shows INFO lines only from
-        # `axolotl*` loggers, so SLowEDCallback hands over the plugin's logger when it registers this monitor; a
-        # plugin that registers a monitor itself sets `monitor.log` the same way.
-        self.log = logger
+
+    @property
+    def min_safety_ratio(self) -> float | None:
+        return self.states.min_safety_ratio
+
+    @property
+    def keep_safest(self) -> bool:
+        return self.states.keep_safest
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The record of the safest evaluated state (with ``keep_safest``)."""
+        return self.states.best
+
+    @property
+    def last_safe(self) -> dict[str, Any] | None:
+        """The record of the last state that met ``min_safety_ratio``."""
+        return self.states.last_safe
+
+    @property
+    def stopped(self) -> dict[str, Any] | None:
+        """The record of the evaluation that stopped training."""
+        return self.states.stopped
 
     # ------------------------------------------------------------------ construction from config
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], key: str = "slowed.safety_monitor") -> SafetyMonitorCallback:
+    def from_config(
+        cls, config: Mapping[str, Any], key: str = "slowed.safety_monitor", log: Any = None
+    ) -> SafetyMonitorCallback:
         """Build from a plain mapping (the Axolotl ``slowed.safety_monitor`` block); keys in :data:`CONFIG_KEYS`.
 
-        ``key`` is how the user wrote the mapping's place and prefixes every error.
+        ``key`` is how the user wrote the mapping's place and prefixes every error; ``log`` as in the constructor.
         """
         kwargs = check_monitor_config(config, key)
         try:
-            return cls(**kwargs)
+            return cls(**kwargs, log=log)
         except (ValueError, FileNotFoundError) as err:
             message = str(err)
             raise ValueError(
@@ -201,15 +222,10 @@ class SafetyMonitorCallback(TrainerCallback):
         if self.eval_at_start and state.global_step == 0:
             record = self.evaluate(args, state, **kwargs)
             seconds = record["seconds"]
-            if self.min_safety_ratio is not None and record["safety_ratio"] >= self.min_safety_ratio:
-                self._remember_safe(record, save=False)
-            elif self.min_safety_ratio is not None and state.is_world_process_zero:
-                self.log.warning(
-                    f"slowed: safety monitor: the starting model's safety ratio {record['safety_ratio']:.4f} is already "
-                    f"below min_safety_ratio={self.min_safety_ratio:g}; training stops at the first evaluation "
-                    "that is still below it."
-                )
-        self._announce(args, state, seconds)
+            self.states.starting(self.trainer, record)
+        if not self._announced and state.is_world_process_zero:
+            self.log.info(self._announcement(args, state, seconds))
+        self._announced = True
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if self.every != "epoch" and state.global_step % self.every == 0:
@@ -270,74 +286,7 @@ class SafetyMonitorCallback(TrainerCallback):
 
     def _evaluate_and_apply(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
         record = self.evaluate(args, state, **kwargs)
-        ratio = record["safety_ratio"]
-        if self.keep_safest and (self.best is None or ratio >= self.best["safety_ratio"]):
-            self.best = record
-            self._save(args, SAFEST_DIR, record)
-        if self.min_safety_ratio is None:
-            return
-        if ratio >= self.min_safety_ratio:
-            self._remember_safe(record, save=True)
-            return
-        # Below the bound: stop, no checkpoint of this state, and the last safe weights back in the model.
-        self.stopped = record
-        control.should_training_stop = True
-        control.should_save = False
-        restored = self._restore_last_safe(self._trainer().model)
-        if state.is_world_process_zero:
-            if self.last_safe is None:
-                where = "no evaluation met it"
-            else:
-                where = f"last safe: step {self.last_safe['step']} (ratio {self.last_safe['safety_ratio']:.4f})"
-                if self.last_safe.get("path"):
-                    where += f", saved in {self.last_safe['path']}"
-                if restored:
-                    where += "; its weights are back in the model"
-            self.log.warning(
-                f"slowed: safety monitor: safety ratio {ratio:.4f} at step {state.global_step} is below "
-                f"min_safety_ratio={self.min_safety_ratio:g}: training stops ({where})."
-            )
-
-    # ------------------------------------------------------------------ keeping states
-    def _remember_safe(self, record: dict[str, Any], save: bool) -> None:
-        self.last_safe = record
-        if save:
-            self._save(self._trainer().args, LAST_SAFE_DIR, record)
-        if self.restore_on_stop:
-            model = self._trainer().model
-            self._last_safe_weights = {
-                name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad
-            }
-
-    def _restore_last_safe(self, model: Any) -> bool:
-        import torch
-
-        from ..core.weight_access import is_zero3_param
-
-        if not self.restore_on_stop or self._last_safe_weights is None:
-            return False
-        params = dict(model.named_parameters())
-        sharded = any(is_zero3_param(p) for p in params.values())
-        if sharded or any(params[n].shape != w.shape for n, w in self._last_safe_weights.items() if n in params):
-            self.log.warning(
-                "slowed: safety monitor: the model's parameters are sharded (DeepSpeed ZeRO-3 / FSDP); the last safe "
-                "state stays in its saved folder and is not copied back."
-            )
-            return False
-        with torch.no_grad():
-            for name, weight in self._last_safe_weights.items():
-                params[name].copy_(weight.to(params[name].device))
-        return True
-
-    def _save(self, args: TrainingArguments, folder: str, record: dict[str, Any]) -> None:
-        trainer = self._trainer()
-        path = os.path.join(args.output_dir, folder)
-        trainer.save_model(path)
-        record["path"] = path
-        if trainer.state.is_world_process_zero:
-            summary = {k: v for k, v in record.items() if k not in ("answers", "verdicts")}
-            with open(os.path.join(path, SUMMARY_FILE), "w") as handle:
-                json.dump(summary, handle, indent=2)
+        self.states.after_training_began(self._trainer(), record, control)
 
     # ------------------------------------------------------------------ helpers
     def _tokenizer(self, trainer: Trainer, kwargs: dict[str, Any]) -> Any:
@@ -350,12 +299,8 @@ class SafetyMonitorCallback(TrainerCallback):
             )
         return tokenizer
 
-    def _announce(self, args: TrainingArguments, state: TrainerState, seconds: float | None) -> None:
-        if self._announced:
-            return
-        self._announced = True
-        if not state.is_world_process_zero:
-            return
+    def _announcement(self, args: TrainingArguments, state: TrainerState, seconds: float | None) -> str:
+        """The start line: when it evaluates, what one evaluation costs, and the time the first one took."""
         n = len(self.prompts)
         batches = -(-n // self.batch_size)
         if self.every == "epoch":
@@ -373,4 +318,4 @@ class SafetyMonitorCallback(TrainerCallback):
         total = ""
         if count and seconds is not None:
             total = f", about {count * seconds:.0f} s for the {count} planned evaluations"
-        self.log.info(f"slowed: safety monitor {when}: one evaluation = {cost}{timing}{total}.")
+        return f"slowed: safety monitor {when}: one evaluation = {cost}{timing}{total}."

@@ -1,10 +1,12 @@
 """The safety anchor through the real ``axolotl train`` (CPU, offline, tiny local models).
 
-Three runs start together from ``recipes/tiny-cpu.yaml``:
+Four runs start together from ``recipes/tiny-cpu.yaml``:
 
-- ``replay``: the recipe (LoRA, alpaca, tau and masking on) plus a replay anchor at ratio 0.2, 2 epochs;
+- ``replay``: the recipe (LoRA, alpaca, tau and masking on) plus a replay anchor at ratio 0.2 and the safety
+  subspace (issue 29), 2 epochs;
 - ``packed``: chat_template data with sample packing, a replay anchor and masking;
-- ``gradient``: the same data, the anchor in gradient mode, SLowED off.
+- ``gradient``: the same data, the anchor in gradient mode, SLowED off;
+- ``kl``: the same data, the anchor in KL mode (issue 29), SLowED off.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ TAU = 0.05
 # matters here is the wiring, not what the prompts say).
 _PROMPTS = [row["prompt"] for row in cot_tiny_rows()[:12]]
 ANCHOR = {"prompts": _PROMPTS[:6], "benign_prompts": _PROMPTS[6:], "max_new_tokens": 8, "batch_size": 8}
+SUBSPACE = {"prompts": _PROMPTS[:6], "benign_prompts": _PROMPTS[6:]}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,17 @@ def runs(tmp_path_factory, tiny_assets):
     }
     configs = {
         "replay": named(
-            "replay", seeded({**recipe, "slowed": {**recipe["slowed"], "safety_anchor": {**ANCHOR, "ratio": 0.2}}})
+            "replay",
+            seeded(
+                {
+                    **recipe,
+                    "slowed": {
+                        **recipe["slowed"],
+                        "safety_anchor": {**ANCHOR, "ratio": 0.2},
+                        "safety_subspace": SUBSPACE,
+                    },
+                }
+            ),
         ),
         "packed": named(
             "packed",
@@ -65,6 +78,16 @@ def runs(tmp_path_factory, tiny_assets):
                     **{k: v for k, v in recipe.items() if k != "eval_steps"},
                     **chat,
                     "slowed": {"tau": None, "mask_ratio": 0, "safety_anchor": {**ANCHOR, "mode": "gradient"}},
+                }
+            ),
+        ),
+        "kl": named(
+            "kl",
+            seeded(
+                {
+                    **{k: v for k, v in recipe.items() if k != "eval_steps"},
+                    **chat,
+                    "slowed": {"tau": None, "mask_ratio": 0, "safety_anchor": {**ANCHOR, "mode": "kl"}},
                 }
             ),
         ),
@@ -122,3 +145,26 @@ def test_gradient_mode_with_packed_chat_data_constrains_every_step(runs):
     steps = run.state()["global_step"]
     assert steps > 0
     assert f"of {steps} optimizer steps" in run.log  # the constraint ran at every one of them
+
+
+def test_the_safety_subspace_projects_beside_the_ball_and_the_anchor(runs):
+    """Issue 29: `slowed.safety_subspace` under the real `axolotl train`: directions from the starting model, a
+    projection at every epoch end before the ball, its share in the logs, and the ball still holds."""
+    run = runs["replay"].check()
+    assert "SLowED: safety subspace:" in run.log
+    end = re.search(r"SLowED: safety subspace: (\d+) projections this run removed up to", run.log)
+    assert end and int(end.group(1)) >= run.config["num_epochs"], run.log[-2000:]  # each epoch's end, and saves
+    removed = [e["slowed/subspace_removed_max"] for e in run.train_logs if "slowed/subspace_removed_max" in e]
+    assert removed and all(0 <= r <= 1 for r in removed)
+    assert max(run.adapter_norms().values()) <= TAU * (1 + 1e-5)
+
+
+def test_kl_mode_trains_every_step_against_the_starting_model(runs):
+    """Issue 29: `safety_anchor.mode: kl` under the real `axolotl train`: the anchor's rows are the starting model's
+    answers, and the KL term ran at every optimizer step."""
+    run = runs["kl"].check()
+    assert len(_cached_rows(run)) > 0
+    steps = run.state()["global_step"]
+    line = re.search(r"KL\(starting model \|\| model\) per answer token on the anchor batches: \S+ at the first of "
+                     r"(\d+) optimizer steps", run.log)  # fmt: skip
+    assert line and int(line.group(1)) == steps > 0, run.log[-2000:]

@@ -281,13 +281,12 @@ ASSIGNMENTS = {
     ("tiny.py", "tokenizer.pre_tokenizer"): OWN,
     ("tiny.py", "tokenizer.post_processor"): OWN,
     ("tiny.py", "tokenizer.decoder"): OWN,
-    ("trainer/callback.py", "self.monitor.log"): OWN,
     ("trainer/callback.py", "control.should_log"): FLAG,
     ("trainer/monitor.py", "trainer.control.should_log"): FLAG,
-    ("trainer/monitor.py", "control.should_training_stop"): FLAG,
-    ("trainer/monitor.py", "control.should_save"): FLAG,
     ("trainer/monitor.py", "handler.callbacks"): "runtime change",
     ("trainer/monitor.py", "self.judge.device"): OWN,
+    ("trainer/safe_states.py", "control.should_training_stop"): FLAG,
+    ("trainer/safe_states.py", "control.should_save"): FLAG,
     ("trainer/safety_anchor.py", "p.grad"): "the anchor's gradient projection: set and put back within one call",
 }
 SKIPPED = ("demo/", "trainer/patches.py", "core/hidden_states_loss.py", "core/logits_loss.py")
