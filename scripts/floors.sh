@@ -20,7 +20,9 @@ if [ "$(cat "$venv/.slowed-floors" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet "$torch_pin"  # alone first: the CPU build, never a CUDA one
   # shellcheck disable=SC2086  # one argument per pin; DeepSpeed builds from its sdist without compiled ops
-  DS_BUILD_OPS=0 "$venv/bin/python" -m pip install --quiet $pins -e ".[dev]"
+  # setuptools' notice on every editable install ("Editable installation. Please be careful with folders
+  # ... same name as your package"): here the repository folder is the package on purpose. Only that message.
+  PYTHONWARNINGS="ignore:Editable installation" DS_BUILD_OPS=0 "$venv/bin/python" -m pip install --quiet $pins -e ".[dev]"
   echo "$want" > "$venv/.slowed-floors"
 fi
 "$venv/bin/python" -m slowed_plugin.versions

@@ -13,7 +13,9 @@ venv=.venv-newest
 [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet "$TORCH_SPEC"  # alone first: the CPU build, never a CUDA one
-"$venv/bin/python" -m pip install --quiet --upgrade --upgrade-strategy eager "$TORCH_SPEC" -e ".[trl,bnb,dev]" \
+# setuptools' notice on every editable install ("Editable installation. Please be careful with folders
+# ... same name as your package"): here the repository folder is the package on purpose. Only that message.
+PYTHONWARNINGS="ignore:Editable installation" "$venv/bin/python" -m pip install --quiet --upgrade --upgrade-strategy eager "$TORCH_SPEC" -e ".[trl,bnb,dev]" \
   transformers trl peft accelerate datasets bitsandbytes
 "$venv/bin/python" -m slowed_plugin.versions
 export AXOLOTL_DO_NOT_TRACK=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1

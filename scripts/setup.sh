@@ -21,6 +21,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet "${TORCH_SPEC}"
   # Keep the torch just installed: pip then resolves everything else around it.
-  .venv/bin/python -m pip install --quiet "${TORCH_SPEC}" -e ".[${EXTRAS}]"
+  # setuptools' notice on every editable install ("Editable installation. Please be careful with folders
+  # ... same name as your package"): here the repository folder is the package on purpose. Only that message.
+  PYTHONWARNINGS="ignore:Editable installation" .venv/bin/python -m pip install --quiet "${TORCH_SPEC}" -e ".[${EXTRAS}]"
   echo "$want" > "$stamp"
 fi
