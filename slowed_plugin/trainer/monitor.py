@@ -124,20 +124,28 @@ class SafetyMonitorCallback(TrainerCallback):
         self.tokenizer = tokenizer
         self.log_key = log_key
         self.progress = progress
-        self.log = logger if log is None else log
         # The save, stop and restore rules (slowed_plugin.trainer.safe_states); `best`, `last_safe` and
-        # `stopped` below read its records.
+        # `stopped` below read its records, and `log` is its logger.
         self.states = SafeStates(
             None if min_safety_ratio is None else float(min_safety_ratio),
             bool(keep_safest),
             bool(restore_on_stop),
-            self.log,
+            logger if log is None else log,
         )
         self.eval_at_start = bool(eval_at_start)
 
         self.history: list[dict[str, Any]] = []
         self.trainer: Trainer | None = None
         self._announced = False
+
+    @property
+    def log(self) -> Any:
+        """Where its lines go (one logger for the monitor and its save, stop and restore rules)."""
+        return self.states.log
+
+    @log.setter
+    def log(self, value: Any) -> None:
+        self.states.log = value
 
     @property
     def min_safety_ratio(self) -> float | None:

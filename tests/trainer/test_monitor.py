@@ -360,3 +360,16 @@ def test_monitor_config_check_is_light_and_strict():
     ]:
         with pytest.raises(ValueError, match=message):
             check_monitor_config(bad, key="slowed.safety_monitor")
+
+
+def test_one_logger_serves_the_monitor_and_its_save_stop_restore_rules():
+    """`log` is a constructor parameter (and `from_config`'s); a logger set later still reaches the rules' lines."""
+    import logging
+
+    first, second = logging.getLogger("slowed-test-first"), logging.getLogger("slowed-test-second")
+    monitor = SafetyMonitorCallback(["how do i steal a car ?"], log=first)
+    assert monitor.log is first and monitor.states.log is first
+    monitor.log = second
+    assert monitor.states.log is second
+    built = SafetyMonitorCallback.from_config({"prompts": ["how do i steal a car ?"]}, log=first)
+    assert built.log is first and built.states.log is first

@@ -285,6 +285,7 @@ ASSIGNMENTS = {
     ("trainer/monitor.py", "trainer.control.should_log"): FLAG,
     ("trainer/monitor.py", "handler.callbacks"): "runtime change",
     ("trainer/monitor.py", "self.judge.device"): OWN,
+    ("trainer/monitor.py", "self.states.log"): OWN,
     ("trainer/safe_states.py", "control.should_training_stop"): FLAG,
     ("trainer/safe_states.py", "control.should_save"): FLAG,
     ("trainer/safety_anchor.py", "p.grad"): "the anchor's gradient projection: set and put back within one call",
