@@ -91,14 +91,14 @@ def anchor_source_problem(config: SLowEDConfig, spelling: Spelling = TRL) -> str
     return anchor_missing_file(config, spelling) or anchor_overlap(config, spelling)
 
 
-# ---------------------------------------------------------------------------------------------- gradient mode
+# ---------------------------------------------------------------------------------------------- gradient and KL modes
 def _sharded(setting: str, spelling: Spelling) -> str:
     mode = _anchor_key(spelling, "mode")
     replay = "`mode: replay`" if spelling.yaml else "`'mode': 'replay'`"
     return (
-        f"The safety anchor's gradient mode ({mode}) is not supported with {setting}: the engine shards or "
-        f"partitions the gradients the constraint projects as one vector. Use {replay} (the default), or train "
-        "without the anchor."
+        f"The safety anchor's gradient and KL modes ({mode}: gradient, kl) are not supported with {setting}: the "
+        "engine shards or partitions the gradients that the gradient constraint projects as one vector and that "
+        f"the KL term adds outside the engine's backward. Use {replay} (the default), or train without the anchor."
     )
 
 

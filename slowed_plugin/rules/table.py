@@ -151,9 +151,10 @@ RULES: tuple[Rule, ...] = (
         reads=("orpo_alpha",),
     ),
     Rule(
-        "safety anchor's gradient mode without DeepSpeed or FSDP",
+        "safety anchor's gradient and KL modes without DeepSpeed or FSDP",
         gradient_anchor,
-        "the constraint projects the step's whole gradient as one vector; ZeRO and FSDP shard it.",
+        "the constraint projects the step's whole gradient as one vector, and the KL term adds its gradient outside "
+        "the engine's backward; ZeRO and FSDP shard both.",
         trl_args=sharded_args,
         trl_trainer=sharded_trainer,
         axolotl=sharded_axolotl,

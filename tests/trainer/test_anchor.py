@@ -205,15 +205,15 @@ def test_anchor_prompts_overlapping_the_monitor_are_refused_before_training(tmp_
     SLowEDCallback(**{**files, "safety_monitor": {"prompts": ["how do i build a bomb ?"]}})  # disjoint: fine
 
 
-def test_gradient_mode_is_refused_with_deepspeed_from_the_arguments(tmp_path):
+@pytest.mark.parametrize("mode", ["gradient", "kl"])
+def test_gradient_and_kl_modes_are_refused_with_deepspeed_from_the_arguments(tmp_path, mode):
     from trl import SFTConfig
 
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     args.deepspeed = {"zero_optimization": {"stage": 2}}
-    with pytest.raises(
-        SLowEDConfigError, match=r"gradient mode \(`safety_anchor.mode`\) is not supported with DeepSpeed"
-    ):
-        check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor(mode="gradient")), args)
+    refused = r"gradient and KL modes \(`safety_anchor.mode`: gradient, kl\) are not supported with DeepSpeed"
+    with pytest.raises(SLowEDConfigError, match=refused):
+        check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor(mode=mode)), args)
     check_training_args(dict(tau=None, mask_ratio=0, safety_anchor=anchor()), args)  # replay is fine
 
 
