@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from ..validate import check_choice, check_tau
-from .weight_access import WeightAccess, access_for, zero_shape
+from .lora_factors import lora_factors
+from .weight_access import WeightAccess, access_for
 
 _PLAIN = WeightAccess()
 
@@ -99,41 +100,11 @@ class _DenseWeight:
 
 def _lora_weights(model: nn.Module, access: WeightAccess = _PLAIN) -> tuple[list[_LoraWeight], set[int]]:
     """Active LoRA adapters of ``model`` and the ids of their A/B parameters."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # peft is a dependency, but a plain model needs none of it
-        return [], set()
     weights: list[_LoraWeight] = []
     owned: set[int] = set()
-    for module_name, module in model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        for adapter in module.active_adapters:
-            if adapter in module.lora_A:
-                lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-            elif adapter in module.lora_embedding_A:
-                lora_a, lora_b = module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
-            else:
-                continue
-            name = f"{module_name}[{adapter}]"
-            if module.use_dora.get(adapter, False):
-                raise ValueError(
-                    f"Slow Tuning cannot bound DoRA layer {name}: its magnitude vector changes W outside "
-                    "scaling·B@A. Set `use_dora=False` or `tau: null`."
-                )
-            if getattr(module, "lora_bias", {}).get(adapter, False):
-                raise ValueError(
-                    f"Slow Tuning cannot bound LoRA layer {name} with `lora_bias=True`: the bias is a weight "
-                    "change outside scaling·B@A. Set `lora_bias=False` or `tau: null`."
-                )
-            shape = zero_shape(lora_a)
-            if len(shape) != 2:
-                raise ValueError(
-                    f"Slow Tuning supports linear and embedding LoRA layers; {name} is a convolution "
-                    f"(lora_A of shape {shape}). Remove it from target_modules or set `tau: null`."
-                )
-            weights.append(_LoraWeight(name, lora_a, lora_b, float(module.scaling[adapter]), access))
-            owned.update((id(lora_a), id(lora_b)))
+    for f in lora_factors(model, "Slow Tuning cannot bound", "set `tau: null`", "Slow Tuning"):
+        weights.append(_LoraWeight(f.name, f.lora_a, f.lora_b, float(f.module.scaling[f.adapter]), access))
+        owned.update((id(f.lora_a), id(f.lora_b)))
     return weights, owned
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .lora_factors import lora_factors
 from .weight_access import WeightAccess, access_for, zero_shape
 
 _PLAIN = WeightAccess()
@@ -264,39 +265,13 @@ class SubspaceProjector:
         self.lora: list[_LoraWeight] = []
         owned: set[int] = set()
         modules = dict(self.model.named_modules())
-        try:
-            from peft.tuners.lora import LoraLayer
-        except ImportError:  # a plain model needs no PEFT
-            LoraLayer = ()  # noqa: N806
-        for module_name, module in modules.items():
-            if not (LoraLayer and isinstance(module, LoraLayer)):
-                continue
-            for adapter in module.active_adapters:
-                embedding = adapter not in module.lora_A
-                if embedding and adapter not in module.lora_embedding_A:
-                    continue
-                name = f"{module_name}[{adapter}]"
-                if module.use_dora.get(adapter, False):
-                    raise ValueError(
-                        f"the safety subspace cannot project DoRA layer {name}: its magnitude vector changes W "
-                        "outside scaling·B@A. Set `use_dora=False` or drop `safety_subspace`."
-                    )
-                if getattr(module, "lora_bias", {}).get(adapter, False):
-                    raise ValueError(
-                        f"the safety subspace cannot project LoRA layer {name} with `lora_bias=True`. "
-                        "Set `lora_bias=False` or drop `safety_subspace`."
-                    )
-                if embedding:
-                    lora_a, lora_b = module.lora_embedding_A[adapter], module.lora_embedding_B[adapter]
-                else:
-                    lora_a, lora_b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-                shape = zero_shape(lora_a)
-                if len(shape) != 2:
-                    raise ValueError(f"the safety subspace supports linear and embedding LoRA layers; {name} is not.")
-                in_dim, out_dim = shape[1], zero_shape(lora_b)[0]
-                side = self._side(module_name, module, in_dim, out_dim)
-                self.lora.append(_LoraWeight(name, lora_a, lora_b, side, embedding))
-                owned.update((id(lora_a), id(lora_b)))
+        for f in lora_factors(
+            self.model, "the safety subspace cannot project", "drop `safety_subspace`", "the safety subspace"
+        ):
+            in_dim, out_dim = zero_shape(f.lora_a)[1], zero_shape(f.lora_b)[0]
+            side = self._side(f.module_name, f.module, in_dim, out_dim)
+            self.lora.append(_LoraWeight(f.name, f.lora_a, f.lora_b, side, f.embedding))
+            owned.update((id(f.lora_a), id(f.lora_b)))
         self.dense: list[_DenseWeight] = []
         skipped: list[str] = []
         for param_name, param in self.model.named_parameters():
